@@ -1,0 +1,18 @@
+"""Flower ClientApp: one hospital; all the work is in fedmed.federation."""
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedmed.federation.site import evaluate_round, train_round
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return train_round(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return evaluate_round(msg, context)

@@ -1,0 +1,47 @@
+"""The `fedmed` command line: typer wiring only, one module per command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from fedmed.cli import data, models, simulate, synth
+from fedmed.errors import FedmedError
+
+app = typer.Typer(
+    name="fedmed",
+    help="Federated training of medical imaging models with differential privacy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("simulate")(simulate.simulate)
+app.command("synth")(synth.synth)
+app.command("models")(models.list_models)
+app.add_typer(data.app, name="data")
+
+USAGE_ERROR = 2
+"""Exit code for a user's mistake (bad config, missing data): fix the input and rerun."""
+
+
+def main() -> None:
+    """Entry point: a user's mistake prints one clear message and exits 2, no traceback."""
+    try:
+        app(standalone_mode=False)
+    except FedmedError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        sys.exit(USAGE_ERROR)
+    except typer.Abort:
+        Console(stderr=True).print("aborted")
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as error:  # click's usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(USAGE_ERROR)
+        raise

@@ -1,0 +1,29 @@
+"""Experiment configuration: YAML in, frozen typed objects out."""
+
+from fedmed.config.loader import load_config
+from fedmed.config.schema import (
+    AccountantName,
+    DataConfig,
+    DeviceName,
+    ExperimentConfig,
+    ModelConfig,
+    PrivacyConfig,
+    SimulationConfig,
+    StrategyName,
+    SynthesisConfig,
+    TrainingConfig,
+)
+
+__all__ = [
+    "AccountantName",
+    "DataConfig",
+    "DeviceName",
+    "ExperimentConfig",
+    "ModelConfig",
+    "PrivacyConfig",
+    "SimulationConfig",
+    "StrategyName",
+    "SynthesisConfig",
+    "TrainingConfig",
+    "load_config",
+]

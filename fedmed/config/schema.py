@@ -1,0 +1,149 @@
+"""Typed, frozen experiment configuration: what a YAML file may say, and nothing else.
+
+Every section rejects unknown keys, so a typo is an error rather than a silently ignored
+setting. Paths are resolved against the directory of the file they were written in.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedmed.models import check_model_name
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys rejected, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StrategyName(StrEnum):
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+
+
+class AccountantName(StrEnum):
+    """Opacus accountants: PRV is tight (an upper bound); RDP is the classic, looser one."""
+
+    PRV = "prv"
+    RDP = "rdp"
+
+
+class DeviceName(StrEnum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class SynthesisConfig(Section):
+    """Demo hospitals written by ``fedmed synth`` when the data folder is missing."""
+
+    images_per_site: Annotated[int, Field(ge=20)] = 600
+    stored_size: Annotated[int, Field(ge=32, le=1024)] = 96
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    seed: int = 0
+
+
+class DataConfig(Section):
+    root: Path
+    """Folder holding one sub-folder of DICOM studies (and labels.csv) per site."""
+    sites: Annotated[list[str], Field(min_length=1)]
+    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    cache_dir: Path | None = None
+    """Decoded-image cache; default: $XDG_CACHE_HOME/fedmed/images."""
+    synthesize: SynthesisConfig | None = None
+    """When set and ``root`` is missing, demo hospitals are generated there."""
+
+    @field_validator("sites")
+    @classmethod
+    def _unique_sites(cls, sites: list[str]) -> list[str]:
+        duplicates = sorted({s for s in sites if sites.count(s) > 1})
+        if duplicates:
+            raise ValueError(f"site names must be unique; repeated: {', '.join(duplicates)}")
+        return sites
+
+
+class ModelConfig(Section):
+    name: str = "small_cnn"
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        try:
+            return check_model_name(name)
+        except Exception as error:  # ConfigError -> pydantic's ValueError, with its text
+            raise ValueError(str(error)) from None
+
+
+class TrainingConfig(Section):
+    rounds: Annotated[int, Field(ge=1)]
+    local_epochs: Annotated[int, Field(ge=1)] = 1
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    """Expected batch size; Poisson sampling draws each record with rate batch_size / N."""
+    learning_rate: Annotated[float, Field(gt=0)] = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    strategy: StrategyName = StrategyName.FEDAVG
+    proximal_mu: Annotated[float, Field(ge=0)] = 0.0
+    """FedProx proximal weight; only used with strategy fedprox."""
+    min_sites: Annotated[int, Field(ge=1)] | None = None
+    """Fewest sites a round may aggregate; default: every site."""
+    device: DeviceName = DeviceName.AUTO
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fedprox_needs_mu(self) -> TrainingConfig:
+        if self.strategy is StrategyName.FEDPROX and self.proximal_mu == 0:
+            raise ValueError("strategy fedprox needs proximal_mu > 0 (0 is plain FedAvg)")
+        return self
+
+
+class PrivacyConfig(Section):
+    """Sample-level DP-SGD at every site (Abadi et al. 2016), Poisson sampling."""
+
+    target_epsilon: Annotated[float, Field(gt=0)] | None = None
+    """Budget for the whole run; the noise is derived for the planned rounds and steps."""
+    noise_multiplier: Annotated[float, Field(gt=0)] | None = None
+    """Fixed noise instead of a target epsilon."""
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    accountant: AccountantName = AccountantName.PRV
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("set exactly one of target_epsilon and noise_multiplier")
+        return self
+
+
+class SimulationConfig(Section):
+    """Resources of each virtual hospital in Flower's simulation engine."""
+
+    cpus_per_site: Annotated[int, Field(ge=1)] = 1
+    """Whole CPUs per virtual hospital (Ray); also its torch thread count."""
+    gpus_per_site: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ExperimentConfig(Section):
+    name: str
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig
+    privacy: PrivacyConfig
+    simulation: SimulationConfig = SimulationConfig()
+
+    @model_validator(mode="after")
+    def _min_sites_fit(self) -> ExperimentConfig:
+        if self.training.min_sites is not None and self.training.min_sites > len(self.data.sites):
+            raise ValueError(
+                f"training.min_sites is {self.training.min_sites} but data.sites lists only "
+                f"{len(self.data.sites)} site(s)"
+            )
+        return self
+
+    @property
+    def min_sites(self) -> int:
+        return self.training.min_sites or len(self.data.sites)

@@ -1,0 +1,104 @@
+"""What travels between the server and the sites, in one place.
+
+Keys are kebab-case like Flower's own. The server sends the round's plan (model,
+training and DP terms) as JSON validated by the same pydantic schema the YAML uses, so
+a site never trusts an unchecked value; sites reply with float weights and scalar
+metrics only.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from pydantic import ValidationError
+
+from fedmed.config import ExperimentConfig, ModelConfig, PrivacyConfig, TrainingConfig
+from fedmed.config.schema import Section
+from fedmed.errors import ConfigError
+
+
+class Key(StrEnum):
+    # records in a message
+    ARRAYS = "arrays"
+    CONFIG = "config"
+    METRICS = "metrics"
+    SITE = "site"
+    # ConfigRecord entries
+    PLAN = "plan"
+    SERVER_ROUND = "server-round"
+    SITE_ID = "site-id"
+    # MetricRecord entries
+    NUM_EXAMPLES = "num-examples"
+    TRAIN_LOSS = "train-loss"
+    EVAL_LOSS = "eval-loss"
+    EPSILON = "epsilon"
+    DELTA = "delta"
+    NOISE_MULTIPLIER = "noise-multiplier"
+    SAMPLE_RATE = "sample-rate"
+    STEPS = "steps"
+    AUROC = "auroc"
+    ACCURACY = "accuracy"
+    POSITIVES = "score-positives"
+    NEGATIVES = "score-negatives"
+    SKIPPED_FILES = "skipped-files"
+    SECONDS = "seconds"
+    # run config (set by `fedmed simulate`)
+    CONFIG_PATH = "config-path"
+    OUT_DIR = "out-dir"
+    # node config: `partition-id` in simulation; `site-id`, `data-dir`, `state-dir` at a hospital
+    PARTITION_ID = "partition-id"
+    DATA_DIR = "data-dir"
+    STATE_DIR = "state-dir"
+    CACHE_DIR = "cache-dir"
+
+
+class ErrorCode(IntEnum):
+    """Codes of error replies a site sends instead of an update (Flower uses 0-9)."""
+
+    SITE_REFUSED = 100
+    """The site cannot or will not train: bad data, privacy budget, invalid plan."""
+
+
+class RoundPlan(Section):
+    """The terms the server asks a site to train or evaluate under."""
+
+    model: ModelConfig
+    image_size: int
+    training: TrainingConfig
+    privacy: PrivacyConfig
+
+
+def encode_plan(config: ExperimentConfig) -> ConfigRecord:
+    """The ConfigRecord the server sends with every train and evaluate message.
+
+    The strategy adds ``server-round`` to it for each round.
+    """
+    plan = RoundPlan(
+        model=config.model,
+        image_size=config.data.image_size,
+        training=config.training,
+        privacy=config.privacy,
+    )
+    return ConfigRecord({Key.PLAN: plan.model_dump_json()})
+
+
+def decode_plan(record: ConfigRecord) -> RoundPlan:
+    """Validate the server's plan at the site.
+
+    Raises:
+        ConfigError: the plan is missing or does not satisfy the schema.
+    """
+    try:
+        return RoundPlan.model_validate_json(str(record[Key.PLAN]))
+    except (KeyError, ValidationError) as error:
+        raise ConfigError(f"the server's round plan is invalid: {error}") from None
+
+
+def arrays_from_state(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({name: tensor.detach().cpu() for name, tensor in state.items()})
+
+
+def state_from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return dict(record.to_torch_state_dict())

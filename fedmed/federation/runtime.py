@@ -1,0 +1,284 @@
+"""Running the ServerApp and ClientApps on Flower's own engines, from Python.
+
+``fedmed simulate`` starts a private SuperLink in simulation mode (Ray runs one virtual
+SuperNode per hospital) and submits the app with ``flwr run``: the supported path in
+Flower 1.42, and the same one a real consortium uses. Every Flower process gets an
+environment that turns off telemetry, the update check and run-time dependency
+installation, and a throw-away FLWR_HOME so nothing leaks into the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmed.errors import FedmedError
+
+CONNECTION = "fedmed"
+APP_FILES = ("pyproject.toml", "server", "client")
+"""What the app bundle holds; fedmed itself is imported from the installed package."""
+
+
+class FlowerRuntimeError(FedmedError):
+    """Flower's engine could not start or run the app."""
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_id: int
+    status: str
+    """Flower's final status: finished:completed, finished:failed or finished:stopped."""
+    details: str
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def project_root() -> Path:
+    """The checkout holding server/ and client/ next to fedmed/."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "server" / "app.py").is_file() or not (root / "client" / "app.py").is_file():
+        raise FlowerRuntimeError(
+            f"{root}: no server/app.py and client/app.py here; install fedmed from its source "
+            "checkout with `pip install -e .` so the Flower apps can be found"
+        )
+    return root
+
+
+def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for every Flower process: no calls home, no installs, private home."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+        RAY_TMPDIR=str(flwr_home),
+        RAY_DEDUP_LOGS="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+def stage_app(destination: Path) -> Path:
+    """Copy only the Flower app (pyproject, server/, client/) into ``destination``.
+
+    Bundling the checkout itself would walk a virtualenv's tens of thousands of files
+    on every run, and a bundled fedmed/ would shadow the installed one.
+    """
+    root = project_root()
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in APP_FILES:
+        source = root / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+class SimulationEngine:
+    """A private SuperLink in simulation mode, stopped with everything it started."""
+
+    def __init__(self, workdir: Path, *, env_extra: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.home = Path(tempfile.mkdtemp(prefix="fedmed-flwr-"))
+        self.env = flower_environment(self.home, env_extra)
+        self.port = _free_port()
+        self._log = None
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> SimulationEngine:
+        self._log = open(self.workdir / "superlink.log", "w", encoding="utf-8")
+        self._process = subprocess.Popen(
+            [
+                _bin("flower-superlink"), "--insecure", "--simulation",
+                "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1", "--port", str(self.port),
+            ],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.workdir, start_new_session=True,
+        )
+        try:
+            self._wait_healthy(timeout=60.0)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        (self.home / "config.toml").write_text(
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+        return self
+
+    def _wait_healthy(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise FlowerRuntimeError(
+                    f"flower-superlink exited at start (code {self._process.returncode}); "
+                    f"see {self.workdir / 'superlink.log'}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=0.5) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise FlowerRuntimeError(f"flower-superlink did not become ready in {timeout:.0f} s")
+
+    def _flwr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([_bin("flwr"), *args], env=self.env, capture_output=True, text=True)
+
+    def run(
+        self,
+        *,
+        run_config: dict[str, str],
+        num_supernodes: int,
+        cpus_per_node: int,
+        gpus_per_node: float,
+        poll: Callable[[], None],
+    ) -> RunStatus:
+        """Submit the app, call ``poll`` about twice a second while it runs, return its status."""
+        app_dir = stage_app(self.home / "app")
+        overrides = self.home / "run-config.toml"
+        overrides.write_text(
+            "".join(f"{key} = {_toml_string(value)}\n" for key, value in run_config.items()),
+            encoding="utf-8",
+        )
+        federation = (
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node} "
+            f"client-resources-num-gpus={float(gpus_per_node)}"
+        )
+        submitted = self._flwr(
+            "run", str(app_dir), CONNECTION, "--run-config", str(overrides),
+            "--federation-config", federation, "--format", "json",
+        )
+        try:
+            reply = json.loads(submitted.stdout or "{}")
+        except json.JSONDecodeError:
+            reply = {}
+        if not reply.get("success"):
+            reason = reply.get("error-message") or (submitted.stdout + submitted.stderr).strip()
+            raise FlowerRuntimeError(f"Flower did not accept the run: {reason}")
+        run_id = int(reply["run-id"])
+
+        with open(self.workdir / "flower.log", "w", encoding="utf-8") as log_file:
+            def follow() -> subprocess.Popen:
+                return subprocess.Popen(
+                    [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+                    env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                )
+
+            follower = follow()  # `flwr log --stream` returns when the run ends
+            while True:
+                poll()
+                if follower.poll() is not None:
+                    status = self._finished_status(run_id)
+                    if status is not None:
+                        break
+                    follower = follow()  # the stream ended early: follow again
+                time.sleep(0.5)
+            poll()
+        return status
+
+    def _finished_status(self, run_id: int) -> RunStatus | None:
+        listed = self._flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        try:
+            run = json.loads(listed.stdout)["runs"][0]
+        except (json.JSONDecodeError, KeyError, IndexError):
+            return None
+        if not str(run.get("status", "")).startswith("finished:"):
+            return None
+        return RunStatus(run_id, run["status"], run.get("status-details", ""))
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._process is not None:
+                stop_process_tree(self._process)
+        finally:
+            if self._log is not None:
+                self._log.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def stop_process_tree(process: subprocess.Popen, *, grace: float = 15.0) -> None:
+    """Stop a SuperLink and every process group under it (SuperExec, flwr-simulation, Ray).
+
+    SuperExec runs in a session of its own that flwr-simulation and Ray inherit; a
+    SIGTERM to the SuperLink alone would orphan a simulation still in flight.
+    """
+    groups = {_pgid(pid) for pid in _descendants(process.pid)} - {None, process.pid}
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = False
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+                alive = True
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not alive:
+            return
+        time.sleep(1.0)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -1,0 +1,140 @@
+"""The server's side of a run: FedAvg that keeps every site's numbers.
+
+Flower's FedAvg averages the sites' metrics into one; here each reply is recorded under
+its site id before aggregation, refusals are recorded with their reasons, and a round
+with fewer replies than ``min_sites`` stops the run instead of publishing a model that
+too few hospitals shaped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from fedmed import __version__
+from fedmed.config import ExperimentConfig, load_config
+from fedmed.errors import FedmedError
+from fedmed.federation.messages import Key, encode_plan, state_from_arrays
+from fedmed.models import create_model, float_state
+from fedmed.report import MODEL_FILE, RunRecorder
+
+log = logging.getLogger("fedmed.server")
+
+
+class TooFewSites(FedmedError):
+    """Fewer sites replied than the run's minimum; the run stops cleanly."""
+
+
+class SiteTrackingFedAvg(FedAvg):
+    """FedAvg (McMahan et al. 2017) over float weights, recording each site's metrics.
+
+    FedProx (Li et al. 2020) needs nothing more here: its proximal term is applied at
+    the sites, from the ``proximal_mu`` in the round plan.
+    """
+
+    def __init__(self, recorder: RunRecorder, *, min_sites: int) -> None:
+        super().__init__(
+            min_train_nodes=min_sites,
+            min_evaluate_nodes=min_sites,
+            min_available_nodes=min_sites,
+            weighted_by_key=Key.NUM_EXAMPLES,
+            arrayrecord_key=Key.ARRAYS,
+            configrecord_key=Key.CONFIG,
+        )
+        self.recorder = recorder
+        self.min_sites = min_sites
+
+    def _sort_replies(self, server_round: int, replies: Iterable[Message], stage: str) -> list[Message]:
+        valid, failed = self._check_and_log_replies(list(replies), is_train=stage == "train")
+        for msg in failed:
+            self.recorder.record_failure(server_round, stage, msg.metadata.src_node_id, msg.error.reason or "")
+        if len(valid) < self.min_sites:
+            raise TooFewSites(
+                f"round {server_round}: only {len(valid)} site(s) completed {stage} "
+                f"(minimum {self.min_sites}); stopping the run"
+            )
+        return valid
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = self._sort_replies(server_round, replies, "train")
+        for msg in valid:
+            self.recorder.record_train(server_round, _site_of(msg), _scalars(msg.content[Key.METRICS]))
+        self.recorder.finish_train(server_round)
+        arrays = aggregate_arrayrecords([msg.content for msg in valid], self.weighted_by_key)
+        return arrays, None
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        valid = self._sort_replies(server_round, replies, "evaluate")
+        for msg in valid:
+            metrics = msg.content[Key.METRICS]
+            scalars = _scalars(metrics)
+            if scalars.get("auroc", 0.0) < 0:  # a test set with a single class has no AUROC
+                scalars["auroc"] = None
+            self.recorder.record_evaluate(
+                server_round, _site_of(msg), scalars,
+                np.asarray(metrics[Key.POSITIVES]), np.asarray(metrics[Key.NEGATIVES]),
+            )
+        self.recorder.finish_evaluate(server_round)
+        pooled = self.recorder.pooled_auroc()
+        return MetricRecord({"pooled-auroc": pooled}) if pooled is not None else None
+
+
+def _site_of(msg: Message) -> str:
+    return str(msg.content[Key.SITE][Key.SITE_ID])
+
+
+def _scalars(metrics: MetricRecord) -> dict[str, float]:
+    """Scalar metrics with snake_case names, as results.json spells them."""
+    return {k.replace("-", "_"): v for k, v in metrics.items() if not isinstance(v, list)}
+
+
+def run_federation(grid: Grid, context: Context) -> None:
+    """The ServerApp's work: train, evaluate every round, write the run folder."""
+    config = load_config(str(context.run_config[Key.CONFIG_PATH]))
+    out_dir = Path(str(context.run_config[Key.OUT_DIR]))
+    recorder = RunRecorder(out_dir, config)
+    status, reason, arrays = "completed", None, None
+    try:
+        arrays = train_federation(grid, config, recorder)
+    except TooFewSites as error:
+        status, reason = "stopped", str(error)
+        log.warning("%s", reason)
+    if arrays is not None:
+        save_model(out_dir / MODEL_FILE, config, arrays)
+    recorder.write(status=status, reason=reason)
+
+
+def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder) -> ArrayRecord:
+    torch.manual_seed(config.training.seed)
+    model = create_model(config.model.name, image_size=config.data.image_size)
+    strategy = SiteTrackingFedAvg(recorder, min_sites=config.min_sites)
+    plan = encode_plan(config)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(float_state(model)),
+        num_rounds=config.training.rounds,
+        train_config=plan,
+        evaluate_config=encode_plan(config),
+    )
+    return result.arrays
+
+
+def save_model(path: Path, config: ExperimentConfig, arrays: ArrayRecord) -> None:
+    """Save the global model with what is needed to rebuild it."""
+    torch.save(
+        {
+            "fedmed_version": __version__,
+            "model": config.model.name,
+            "image_size": config.data.image_size,
+            "state_dict": state_from_arrays(arrays),
+        },
+        path,
+    )

@@ -1,0 +1,207 @@
+"""The hospital's side of a round: everything the ClientApp does, minus the wiring.
+
+The site validates the server's plan, loads its own DICOM data, checks its privacy
+budget before training, trains with DP-SGD, records the spend on its own disk, and only
+then replies. Any error a site can explain (bad data, budget, invalid plan) becomes an
+error reply naming the site, so the server carries on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+
+from fedmed.config import DeviceName, load_config
+from fedmed.data import SiteData, load_site_data
+from fedmed.errors import ConfigError, FedmedError
+from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
+from fedmed.federation.messages import (
+    ErrorCode,
+    Key,
+    RoundPlan,
+    arrays_from_state,
+    decode_plan,
+    state_from_arrays,
+)
+from fedmed.models import create_model, float_state, load_float_state
+from fedmed.privacy import AccountantStore, check_budget, plan_privacy, train_private
+
+log = logging.getLogger("fedmed.site")
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one hospital's data and state live."""
+
+    site_id: str
+    data_dir: Path
+    state_dir: Path
+    cache_dir: Path | None
+
+
+def resolve_site(context: Context) -> Site:
+    """Identify this node's site from its node config.
+
+    At a hospital the node config names the site and its folders. In simulation each
+    virtual node has only a ``partition-id``, which indexes the experiment's site list.
+
+    Raises:
+        ConfigError: the node config names neither a site nor a partition.
+    """
+    node, run = context.node_config, context.run_config
+    if Key.SITE_ID in node:
+        try:
+            return Site(
+                site_id=str(node[Key.SITE_ID]),
+                data_dir=Path(str(node[Key.DATA_DIR])),
+                state_dir=Path(str(node[Key.STATE_DIR])),
+                cache_dir=Path(str(node[Key.CACHE_DIR])) if Key.CACHE_DIR in node else None,
+            )
+        except KeyError as missing:
+            raise ConfigError(f"node config of site {node[Key.SITE_ID]} lacks {missing}") from None
+    if Key.PARTITION_ID in node and Key.CONFIG_PATH in run:
+        config = load_config(str(run[Key.CONFIG_PATH]))
+        site_id = config.data.sites[int(node[Key.PARTITION_ID])]
+        return Site(
+            site_id=site_id,
+            data_dir=config.data.root / site_id,
+            state_dir=Path(str(run[Key.OUT_DIR])) / "sites" / site_id,
+            cache_dir=config.data.cache_dir,
+        )
+    raise ConfigError("node config names no site: set site-id, data-dir and state-dir")
+
+
+def select_device(requested: DeviceName) -> torch.device:
+    if requested is DeviceName.CUDA and not torch.cuda.is_available():
+        raise ConfigError("training.device is cuda but this site has no CUDA device")
+    if requested is DeviceName.CPU or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def train_round(msg: Message, context: Context) -> Message:
+    """Handle a train message: DP-SGD on local data, budget checked first."""
+    return _reply_or_refuse(msg, context, _train)
+
+
+def evaluate_round(msg: Message, context: Context) -> Message:
+    """Handle an evaluate message: metrics of the received model on local test data."""
+    return _reply_or_refuse(msg, context, _evaluate)
+
+
+def _reply_or_refuse(msg: Message, context: Context, handler) -> Message:
+    site = None
+    try:
+        site = resolve_site(context)
+        torch.set_num_threads(max(1, int(os.environ.get("FEDMED_TORCH_THREADS", "1"))))
+        return handler(msg, context, site)
+    except FedmedError as error:
+        name = site.site_id if site else "unknown site"
+        reason = str(error) if site and site.site_id in str(error) else f"site {name}: {error}"
+        log.error("refusing: %s", reason)
+        return Message(Error(code=ErrorCode.SITE_REFUSED, reason=reason), reply_to=msg)
+
+
+def _load(site: Site, plan: RoundPlan) -> SiteData:
+    data = load_site_data(site.data_dir, image_size=plan.image_size, cache_dir=site.cache_dir)
+    for skipped in data.skipped:
+        log.warning("site %s skipped %s: %s", site.site_id, skipped.path, skipped.reason)
+    return data
+
+
+def _model(msg: Message, plan: RoundPlan) -> torch.nn.Module:
+    model = create_model(plan.model.name, image_size=plan.image_size)
+    load_float_state(model, state_from_arrays(msg.content[Key.ARRAYS]))
+    return model
+
+
+def _train(msg: Message, context: Context, site: Site) -> Message:
+    started = time.perf_counter()
+    plan = decode_plan(msg.content[Key.CONFIG])
+    data = _load(site, plan)
+    training = plan.training
+    privacy = plan_privacy(
+        plan.privacy,
+        site=site.site_id,
+        n_train=len(data.train),
+        batch_size=training.batch_size,
+        local_epochs=training.local_epochs,
+        rounds=training.rounds,
+    )
+    store = AccountantStore(
+        site.state_dir / "privacy" / f"run-{context.run_id}.json", accountant=privacy.accountant
+    )
+    history = store.load()
+    check_budget(privacy, history, site=site.site_id)
+
+    model = _model(msg, plan)
+    server_round = int(msg.content[Key.CONFIG][Key.SERVER_ROUND])
+    torch.manual_seed(training.seed * 1_000_003 + server_round)
+    outcome = train_private(
+        model,
+        data.train.as_torch_dataset(),
+        privacy,
+        history=history,
+        epochs=training.local_epochs,
+        batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        momentum=training.momentum,
+        proximal_mu=training.proximal_mu if training.strategy == "fedprox" else 0.0,
+        device=select_device(training.device),
+    )
+    store.save(outcome.history)  # the spend is on disk before anything leaves the site
+    metrics = MetricRecord(
+        {
+            Key.NUM_EXAMPLES: len(data.train),
+            Key.TRAIN_LOSS: outcome.loss,
+            Key.EPSILON: outcome.epsilon,
+            Key.DELTA: privacy.delta,
+            Key.NOISE_MULTIPLIER: privacy.noise_multiplier,
+            Key.SAMPLE_RATE: privacy.sample_rate,
+            Key.STEPS: outcome.steps,
+            Key.SKIPPED_FILES: len(data.skipped),
+            Key.SECONDS: time.perf_counter() - started,
+        }
+    )
+    content = RecordDict(
+        {
+            Key.ARRAYS: arrays_from_state(float_state(model)),
+            Key.METRICS: metrics,
+            Key.SITE: ConfigRecord({Key.SITE_ID: site.site_id}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def _evaluate(msg: Message, context: Context, site: Site) -> Message:
+    started = time.perf_counter()
+    plan = decode_plan(msg.content[Key.CONFIG])
+    data = _load(site, plan)
+    model = _model(msg, plan)
+    labels = data.test.labels.numpy()
+    scores = predict_scores(model, data.test.images, device=select_device(plan.training.device))
+    loss = torch.nn.functional.binary_cross_entropy(
+        torch.as_tensor(scores).clamp(1e-7, 1 - 1e-7), torch.as_tensor(labels)
+    )
+    positives, negatives = score_histograms(labels, scores)
+    auroc = roc_auc(labels, scores)
+    metrics = MetricRecord(
+        {
+            Key.NUM_EXAMPLES: len(data.test),
+            Key.EVAL_LOSS: float(loss),
+            Key.AUROC: -1.0 if auroc is None else auroc,
+            Key.ACCURACY: accuracy(labels, scores),
+            Key.POSITIVES: [int(c) for c in positives],
+            Key.NEGATIVES: [int(c) for c in negatives],
+            Key.SKIPPED_FILES: len(data.skipped),
+            Key.SECONDS: time.perf_counter() - started,
+        }
+    )
+    content = RecordDict({Key.METRICS: metrics, Key.SITE: ConfigRecord({Key.SITE_ID: site.site_id})})
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,109 @@
+"""A site's privacy spend, kept on the site's own disk.
+
+Flower may start a fresh ClientApp process for every message, so an accountant that
+lives in memory would restart at epsilon 0 each round. The history of
+(noise_multiplier, sample_rate, steps) is instead saved after every round and loaded
+before the next; that history is all any accountant needs to recompute epsilon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from opacus.accountants import IAccountant, create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from fedmed.errors import PrivacyError
+
+
+@dataclass(frozen=True)
+class MechanismStep:
+    """``steps`` applications of the Poisson-subsampled Gaussian mechanism."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def epsilon_of(history: list[MechanismStep], *, delta: float, accountant: str) -> float:
+    """Epsilon spent by ``history`` at ``delta`` under the named Opacus accountant."""
+    if not history:
+        return 0.0
+    opacus_accountant = create_accountant(accountant)
+    opacus_accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
+    return float(opacus_accountant.get_epsilon(delta=delta))
+
+
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    """Smallest noise multiplier whose ``steps`` steps stay within ``target_epsilon``."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    )
+
+
+class AccountantStore:
+    """The history file of one site for one run: loaded before and saved after training."""
+
+    def __init__(self, path: Path, *, accountant: str) -> None:
+        self.path = path
+        self.accountant = accountant
+
+    def load(self) -> list[MechanismStep]:
+        """The recorded history; empty when the site has not trained yet.
+
+        Raises:
+            PrivacyError: the file exists but cannot be read or was written by another
+                accountant; training must not continue from an unknown spend.
+        """
+        if not self.path.exists():
+            return []
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            if raw["accountant"] != self.accountant:
+                raise PrivacyError(
+                    f"{self.path}: privacy history was kept with the {raw['accountant']!r} "
+                    f"accountant, not {self.accountant!r}; keep the accountant fixed for a run"
+                )
+            return [MechanismStep(float(s), float(q), int(n)) for s, q, n in raw["history"]]
+        except PrivacyError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise PrivacyError(
+                f"{self.path}: privacy history is unreadable ({error}); refusing to train "
+                "rather than restart the spend at zero"
+            ) from None
+
+    def save(self, history: list[MechanismStep]) -> None:
+        """Write atomically: a crash leaves the old file or the new one, never half of one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "accountant": self.accountant,
+            "history": [[s.noise_multiplier, s.sample_rate, s.steps] for s in history],
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".accountant-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def history_of(accountant: IAccountant) -> list[MechanismStep]:
+    """An Opacus accountant's history as MechanismSteps."""
+    return [MechanismStep(float(s), float(q), int(n)) for s, q, n in accountant.history]

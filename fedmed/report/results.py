@@ -1,0 +1,161 @@
+"""Everything a run produced, per round and per site, as results.json.
+
+Per-site numbers are kept per site: a federation that averages them away cannot show
+that it fails one hospital. The recorder also appends one line per event to
+progress.jsonl, which `fedmed simulate` follows to draw its progress display.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedmed import __version__
+from fedmed.config import ExperimentConfig
+from fedmed.evaluation import roc_auc_from_histograms
+
+RESULTS_FILE = "results.json"
+PROGRESS_FILE = "progress.jsonl"
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluate: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    global_auroc: float | None = None
+
+
+class RunRecorder:
+    """Collects per-site metrics during a run and writes results.json at the end."""
+
+    def __init__(self, out_dir: Path, config: ExperimentConfig) -> None:
+        self.out_dir = out_dir
+        self.config = config
+        self.rounds: dict[int, RoundRecord] = {}
+        self.started = time.time()
+        self._histograms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / PROGRESS_FILE).write_text("", encoding="utf-8")
+        self.emit("start", rounds=config.training.rounds, sites=config.data.sites)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Append one progress event (a JSON line) for whoever follows the run."""
+        with open(self.out_dir / PROGRESS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+
+    def _round(self, server_round: int) -> RoundRecord:
+        return self.rounds.setdefault(server_round, RoundRecord(server_round))
+
+    def record_train(self, server_round: int, site: str, metrics: dict[str, float]) -> None:
+        self._round(server_round).train[site] = metrics
+
+    def record_evaluate(
+        self, server_round: int, site: str, metrics: dict[str, float | None],
+        positives: np.ndarray, negatives: np.ndarray,
+    ) -> None:
+        self._round(server_round).evaluate[site] = metrics
+        self._histograms[site] = (np.asarray(positives), np.asarray(negatives))
+
+    def record_failure(self, server_round: int, stage: str, node_id: int, reason: str) -> None:
+        failure = {"stage": stage, "node": node_id, "reason": reason}
+        self._round(server_round).failures.append(failure)
+        self.emit("failure", round=server_round, **failure)
+
+    def pooled_auroc(self) -> float | None:
+        """AUROC over all sites' test sets pooled, from the latest score histograms."""
+        if not self._histograms:
+            return None
+        positives = sum(p for p, _ in self._histograms.values())
+        negatives = sum(n for _, n in self._histograms.values())
+        return roc_auc_from_histograms(positives, negatives)
+
+    def finish_train(self, server_round: int) -> None:
+        record = self._round(server_round)
+        self.emit("train", round=server_round, sites=record.train)
+
+    def finish_evaluate(self, server_round: int) -> None:
+        record = self._round(server_round)
+        record.global_auroc = self.pooled_auroc()
+        self.emit("evaluate", round=server_round, sites=record.evaluate, global_auroc=record.global_auroc)
+
+    def results(self, *, status: str, reason: str | None) -> dict[str, Any]:
+        """The results document: config, rounds, per-site finals and the pooled AUROC."""
+        rounds = [
+            {
+                "round": r.round,
+                "sites": {
+                    site: {**r.train.get(site, {}), **_prefixed("test_", r.evaluate.get(site, {}))}
+                    for site in sorted(set(r.train) | set(r.evaluate))
+                },
+                "failures": r.failures,
+                "global_auroc": r.global_auroc,
+            }
+            for r in sorted(self.rounds.values(), key=lambda r: r.round)
+        ]
+        sites = {site: self._site_summary(site) for site in self.config.data.sites}
+        tested = [s for s in sites.values() if s.get("n_test")]
+        return {
+            "fedmed_version": __version__,
+            "status": status,
+            "status_reason": reason,
+            "started_at": self.started,
+            "wall_seconds": time.time() - self.started,
+            "config": self.config.model_dump(mode="json"),
+            "rounds": rounds,
+            "sites": sites,
+            "global": {
+                "auroc": self.pooled_auroc(),
+                "n_test": sum(s["n_test"] for s in tested),
+                "sites_evaluated": len(tested),
+            },
+        }
+
+    def _site_summary(self, site: str) -> dict[str, Any]:
+        trained = [r.train[site] for r in self.rounds.values() if site in r.train]
+        evaluated = [r.evaluate[site] for r in self.rounds.values() if site in r.evaluate]
+        last_train = trained[-1] if trained else {}
+        last_eval = evaluated[-1] if evaluated else {}
+        return {
+            "rounds_trained": len(trained),
+            "n_train": last_train.get("num_examples"),
+            "n_test": last_eval.get("num_examples"),
+            "auroc": last_eval.get("auroc"),
+            "accuracy": last_eval.get("accuracy"),
+            "epsilon": last_train.get("epsilon"),
+            "delta": last_train.get("delta"),
+            "noise_multiplier": last_train.get("noise_multiplier"),
+            "sample_rate": last_train.get("sample_rate"),
+            "steps": sum(t.get("steps", 0) for t in trained),
+            "skipped_files": last_eval.get("skipped_files", last_train.get("skipped_files")),
+            "train_seconds": sum(t.get("seconds", 0.0) for t in trained),
+            "eval_seconds": sum(e.get("seconds", 0.0) or 0.0 for e in evaluated),
+        }
+
+    def write(self, *, status: str, reason: str | None = None) -> Path:
+        """Write results.json atomically and announce the end of the run."""
+        path = self.out_dir / RESULTS_FILE
+        write_json_atomic(path, self.results(status=status, reason=reason))
+        self.emit("end", status=status, reason=reason, global_auroc=self.pooled_auroc())
+        return path
+
+
+def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write JSON through a temporary file so readers never see half a document."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2, allow_nan=False)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""fedmed's Flower ServerApp."""
