@@ -1,0 +1,1 @@
+"""The `fedmed` command line."""

@@ -1,0 +1,29 @@
+"""Site data: DICOM reading, a decoded-image cache, per-site datasets, folder checks and
+synthetic hospitals for tests and demos."""
+
+from fedmed.data.cache import PREPROCESSING_VERSION, ImageCache
+from fedmed.data.check import FileReport, FolderReport, check_folder, render_report
+from fedmed.data.dataset import ImageSet, SiteData, SkippedFile, load_site_data, read_manifest
+from fedmed.data.dicom import DicomMetadata, DicomReadError, read_dicom_image, read_dicom_metadata
+from fedmed.data.synth import SITE_PROFILES, SiteProfile, synthesize_hospitals
+
+__all__ = [
+    "PREPROCESSING_VERSION",
+    "SITE_PROFILES",
+    "DicomMetadata",
+    "DicomReadError",
+    "FileReport",
+    "FolderReport",
+    "ImageCache",
+    "ImageSet",
+    "SiteData",
+    "SiteProfile",
+    "SkippedFile",
+    "check_folder",
+    "load_site_data",
+    "read_dicom_image",
+    "read_dicom_metadata",
+    "read_manifest",
+    "render_report",
+    "synthesize_hospitals",
+]

@@ -1,0 +1,92 @@
+"""An on-disk cache of decoded images, so later epochs and runs do not decode DICOM again.
+
+The key is the SHA-256 of the file's bytes plus the preprocessing parameters, so an edited
+file, another size or a change to the pixel pipeline (bump `PREPROCESSING_VERSION`) misses
+instead of serving a stale array. Files are identified by content, not path: renaming or
+moving a site folder keeps its cache.
+
+Failures are not cached: a file that could not be decoded is tried again next time, so
+installing a missing decoder (pylibjpeg, pillow, gdcm) takes effect without clearing anything.
+Decoding failures are cheap next to training, and are reported again every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fedmed.data.dicom import DicomReadError, read_dicom_image
+
+__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key"]
+
+# Bump whenever read_dicom_image would return different pixels for the same file.
+PREPROCESSING_VERSION = 1
+
+_CHUNK_BYTES = 1 << 20
+
+
+class ImageCache:
+    """Decoded (size, size) float32 arrays under `root/<key[:2]>/<key>.npy`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def load_or_decode(self, path: Path, *, size: int) -> np.ndarray:
+        """Return the cached array for `path` at `size`, decoding and storing it on a miss.
+
+        Raises:
+            DicomReadError: when the file cannot be read or decoded (nothing is stored).
+        """
+        key = cache_key(path, size=size)
+        entry = self.root / key[:2] / f"{key}.npy"
+        cached = _load_entry(entry, size)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        image = read_dicom_image(path, size=size)
+        _store_entry(entry, image)
+        return image
+
+
+def cache_key(path: Path, *, size: int) -> str:
+    """SHA-256 over the file's bytes and the preprocessing parameters."""
+    digest = hashlib.sha256()
+    digest.update(f"fedmed-image-cache:v{PREPROCESSING_VERSION}:size={size}:".encode())
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK_BYTES):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DicomReadError(path, "file not found or unreadable", exc.strerror) from exc
+    return digest.hexdigest()
+
+
+def _load_entry(entry: Path, size: int) -> np.ndarray | None:
+    """The cached array, or None when absent or damaged (then it is decoded again)."""
+    try:
+        image = np.load(entry, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if image.shape != (size, size) or image.dtype != np.float32:
+        return None
+    return image
+
+
+def _store_entry(entry: Path, image: np.ndarray) -> None:
+    """Write atomically (temporary file, then os.replace) so readers never see half a file."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, image, allow_pickle=False)
+        os.replace(temporary, entry)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

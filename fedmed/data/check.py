@@ -1,0 +1,200 @@
+"""Check any folder of DICOM files before training: what is readable, what is not and why,
+and who is in it (modality, vendor, sex, age band, label).
+
+A site runs this on its own data; nothing leaves the machine. The report holds tag
+summaries only, never pixel data or patient identifiers. Files are decoded at a small size
+so that truncated or undecodable pixel data is caught, not just a readable header.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from fedmed.data.dataset import MANIFEST_NAME, read_manifest
+from fedmed.data.dicom import DicomMetadata, DicomReadError, read_dicom_image, read_dicom_metadata
+from fedmed.errors import DataError
+
+__all__ = ["FileReport", "FolderReport", "age_band", "check_folder", "render_report"]
+
+CHECK_SIZE = 64  # decode size: small, but every byte of pixel data is still decoded
+AGE_BANDS = ("<40", "40-59", "60-79", "80+", "unknown")
+_LIST_ALL_UP_TO = 50  # beyond this many readable files, the table lists problems only
+
+
+@dataclass(frozen=True)
+class FileReport:
+    path: str  # relative to the checked folder
+    ok: bool
+    reason: str | None = None  # short and stable, so reports can count them
+    detail: str | None = None
+    modality: str | None = None
+    manufacturer: str | None = None
+    sex: str | None = None
+    age_years: float | None = None
+    label: int | None = None
+
+
+@dataclass
+class FolderReport:
+    folder: str
+    files: list[FileReport] = field(default_factory=list)
+    has_manifest: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """Counts over all files; tag and label counts cover readable files only."""
+        readable = [f for f in self.files if f.ok]
+        result: dict[str, Any] = {
+            "total": len(self.files),
+            "readable": len(readable),
+            "skipped": len(self.files) - len(readable),
+            "skipped_reasons": _count(f.reason for f in self.files if not f.ok),
+            "modalities": _count(f.modality or "unknown" for f in readable),
+            "manufacturers": _count(f.manufacturer or "unknown" for f in readable),
+            "sex": _count(f.sex or "unknown" for f in readable),
+            "age_bands": {band: 0 for band in AGE_BANDS}
+            | _count(age_band(f.age_years) for f in readable),
+        }
+        if self.has_manifest:
+            result["labels"] = _count(
+                "unlabelled" if f.label is None else str(f.label) for f in readable
+            )
+        return result
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder,
+            "files": [asdict(f) for f in self.files],
+            "summary": self.summary(),
+        }
+
+
+def check_folder(folder: Path, *, manifest: Path | None = None) -> FolderReport:
+    """Try every regular file under `folder` (recursively, hidden files aside).
+
+    Labels come from `manifest`, else from `folder/labels.csv` when it exists.
+
+    Raises:
+        DataError: when the folder does not exist or the manifest is malformed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"Folder {folder} does not exist or is not a folder; check the path")
+    if manifest is None and (folder / MANIFEST_NAME).is_file():
+        manifest = folder / MANIFEST_NAME
+    labels: dict[str, int] = {}
+    if manifest is not None:
+        rows = read_manifest(Path(manifest), root=folder)
+        labels = {row.file: row.label for row in rows}
+    skip = {Path(manifest).resolve()} if manifest is not None else set()
+
+    report = FolderReport(folder=str(folder), has_manifest=manifest is not None)
+    for path in _walk_files(folder):
+        if path.resolve() in skip:
+            continue
+        relative = path.relative_to(folder).as_posix()
+        report.files.append(_check_file(path, relative, labels.get(relative)))
+    return report
+
+
+def render_report(report: FolderReport, console: Console) -> None:
+    """Print a per-file table (problems always; readable files too when few) and the summary."""
+    summary = report.summary()
+    show_ok = summary["readable"] <= _LIST_ALL_UP_TO
+    table = Table(title=Text(f"DICOM check: {report.folder}"))
+    for column in ("file", "status", "reason", "modality", "manufacturer", "sex", "age"):
+        table.add_column(column)
+    if report.has_manifest:
+        table.add_column("label")
+    for item in report.files:
+        if item.ok and not show_ok:
+            continue
+        reason = item.reason or ""
+        if item.detail:
+            reason += f" ({item.detail})"
+        cells = [
+            item.path,
+            reason,
+            item.modality or "",
+            item.manufacturer or "",
+            item.sex or "",
+            "" if item.age_years is None else f"{item.age_years:g}",
+        ]
+        if report.has_manifest:
+            cells.append("" if item.label is None else str(item.label))
+        # File names and reasons are untrusted text: Text() keeps '[' from being markup.
+        status = Text("ok", style="green") if item.ok else Text("skipped", style="red")
+        texts = [Text(cell) for cell in cells]
+        table.add_row(texts[0], status, *texts[1:])
+    if table.row_count:
+        console.print(table)
+    if not show_ok:
+        console.print(f"{summary['readable']} readable files not listed; showing problems only.")
+    console.print(
+        f"[bold]{summary['total']}[/bold] files: {summary['readable']} readable, "
+        f"{summary['skipped']} skipped"
+    )
+    for key in ("skipped_reasons", "modalities", "manufacturers", "sex", "age_bands", "labels"):
+        if summary.get(key):
+            counts = ", ".join(f"{name}: {count}" for name, count in summary[key].items())
+            console.print(f"  {key.replace('_', ' ')}: {counts}", markup=False)
+
+
+def age_band(age_years: float | None) -> str:
+    """Coarse age bands for subgroup counts."""
+    if age_years is None:
+        return "unknown"
+    if age_years < 40:
+        return "<40"
+    if age_years < 60:
+        return "40-59"
+    if age_years < 80:
+        return "60-79"
+    return "80+"
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Regular files under `folder`, sorted, skipping hidden files and hidden folders."""
+    found = []
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in parts):
+            continue
+        if path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
+def _check_file(path: Path, relative: str, label: int | None) -> FileReport:
+    reason = detail = None
+    try:
+        read_dicom_image(path, size=CHECK_SIZE)
+    except DicomReadError as exc:
+        reason, detail = exc.reason, exc.detail
+    metadata = DicomMetadata()
+    if reason != "not a DICOM file":
+        try:
+            metadata = read_dicom_metadata(path)
+        except DicomReadError:
+            pass  # the image error above already says what is wrong
+    return FileReport(
+        path=relative,
+        ok=reason is None,
+        reason=reason,
+        detail=detail,
+        modality=metadata.modality,
+        manufacturer=metadata.manufacturer,
+        sex=metadata.sex,
+        age_years=metadata.age_years,
+        label=label,
+    )
+
+
+def _count(values: Any) -> dict[str, int]:
+    return dict(Counter(values).most_common())

@@ -1,0 +1,1 @@
+"""Flower glue: message formats, the site and server sides of a round, the engines."""

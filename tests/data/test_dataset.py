@@ -1,0 +1,147 @@
+"""Tests for fedmed.data.dataset: manifests, skipping bad files, and refusing unusable sites."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedmed.data.dataset import ImageSet, SkippedFile, load_site_data
+from fedmed.data.synth import synthesize_hospitals
+from fedmed.errors import DataError
+
+N_IMAGES = 40
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def pristine_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    (site,) = synthesize_hospitals(
+        tmp_path_factory.mktemp("dataset"), n_sites=1, images_per_site=N_IMAGES, image_size=SIZE
+    )
+    return site
+
+
+@pytest.fixture
+def site(pristine_site: Path, tmp_path: Path) -> Path:
+    """A private copy each test may damage."""
+    return Path(shutil.copytree(pristine_site, tmp_path / "site-a"))
+
+
+def manifest_rows(site: Path) -> list[dict[str, str]]:
+    with open(site / "labels.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_manifest(site: Path, lines: list[str]) -> None:
+    (site / "labels.csv").write_text("\n".join(["file,label,split", *lines]) + "\n")
+
+
+def test_loads_a_synthesized_site(site: Path) -> None:
+    data = load_site_data(site, image_size=SIZE)
+    assert len(data.train) + len(data.test) == N_IMAGES and data.skipped == []
+    assert data.site_dir == site
+    for part in (data.train, data.test):
+        assert isinstance(part, ImageSet)
+        assert part.images.shape == (len(part), 1, SIZE, SIZE)
+        assert part.images.dtype == torch.float32 and part.labels.dtype == torch.float32
+        assert 0.0 <= part.images.min() and part.images.max() <= 1.0
+        assert set(part.labels.tolist()) == {0.0, 1.0}
+        assert len(part.metadata) == len(part.files) == len(part)
+        assert {m.sex for m in part.metadata} <= {"M", "F"}
+        assert all(m.manufacturer == "Acme Imaging" for m in part.metadata)
+    rows = {r["file"]: r for r in manifest_rows(site)}
+    assert all(rows[f]["split"] == "test" for f in data.test.files)
+    assert [float(rows[f]["label"]) for f in data.train.files] == data.train.labels.tolist()
+    x, y = data.train.as_torch_dataset()[0]
+    assert x.shape == (1, SIZE, SIZE) and y.item() in (0.0, 1.0)
+
+
+def test_resizes_on_load(site: Path) -> None:
+    assert load_site_data(site, image_size=16).train.images.shape[-2:] == (16, 16)
+
+
+def test_corrupt_files_are_skipped_and_listed(site: Path) -> None:
+    rows = manifest_rows(site)
+    truncated, text, empty = rows[0]["file"], rows[1]["file"], rows[2]["file"]
+    (site / truncated).write_bytes((site / truncated).read_bytes()[:-300])
+    (site / text).write_text("this is not an image")
+    (site / empty).write_bytes(b"")
+    data = load_site_data(site, image_size=SIZE)
+    assert len(data.train) + len(data.test) == N_IMAGES - 3
+    reasons = {s.path: s.reason for s in data.skipped}
+    assert set(reasons) == {truncated, text, empty}
+    assert reasons[truncated].startswith("pixel data is truncated")
+    assert reasons[text] == reasons[empty] == "not a DICOM file"
+    assert all(isinstance(s, SkippedFile) for s in data.skipped)
+    assert truncated not in data.train.files + data.test.files
+
+
+def test_cache_is_used_when_given(site: Path, tmp_path: Path) -> None:
+    first = load_site_data(site, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == N_IMAGES
+    second = load_site_data(site, image_size=SIZE, cache_dir=tmp_path / "cache")
+    assert torch.equal(first.train.images, second.train.images)
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"Site folder .*nowhere does not exist"):
+        load_site_data(tmp_path / "nowhere", image_size=SIZE)
+
+
+def test_missing_manifest_says_how_to_make_one(site: Path) -> None:
+    (site / "labels.csv").unlink()
+    with pytest.raises(DataError, match=r"No labels manifest at .*labels.csv.*file,label,split"):
+        load_site_data(site, image_size=SIZE)
+
+
+def test_manifest_without_required_column(site: Path) -> None:
+    (site / "labels.csv").write_text("file,label\nimages/x.dcm,1\n")
+    with pytest.raises(DataError, match="lacks column.*split"):
+        load_site_data(site, image_size=SIZE)
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("images/missing.dcm,1,train", r"line 3: unknown file 'images/missing.dcm'"),
+        ("{good},2,train", r"line 3: label '2' .* must be 0 or 1"),
+        ("{good},1,val", r"line 3: split 'val' .* must be train or test"),
+        ("../outside.dcm,1,train", r"line 3: file '../outside.dcm' must be a path inside"),
+        ("{first},1,test", r"line 3: file '.*' is listed twice \(first on line 2\)"),
+        ("./{first},1,test", r"line 3: file '.*' is listed twice"),
+    ],
+)
+def test_bad_manifest_rows_name_the_line(site: Path, bad_line: str, message: str) -> None:
+    rows = manifest_rows(site)
+    first, good = rows[0], rows[1]["file"]
+    line = bad_line.format(good=good, first=first["file"])
+    write_manifest(site, [f"{first['file']},{first['label']},{first['split']}", line])
+    with pytest.raises(DataError, match=rf"labels.csv has 1 bad row.*{message}"):
+        load_site_data(site, image_size=SIZE)
+
+
+def test_site_with_no_usable_image(site: Path) -> None:
+    for row in manifest_rows(site):
+        (site / row["file"]).write_bytes(b"broken")
+    message = r"site-a has no usable train image: all \d+ .*not a DICOM file"
+    with pytest.raises(DataError, match=message):
+        load_site_data(site, image_size=SIZE)
+
+
+def test_site_with_no_usable_test_image(site: Path) -> None:
+    for row in manifest_rows(site):
+        if row["split"] == "test":
+            (site / row["file"]).write_bytes(b"broken")
+    with pytest.raises(DataError, match="site-a has no usable test image"):
+        load_site_data(site, image_size=SIZE)
+
+
+def test_site_whose_manifest_lists_no_test_split(site: Path) -> None:
+    rows = manifest_rows(site)
+    write_manifest(site, [f"{r['file']},{r['label']},train" for r in rows])
+    with pytest.raises(DataError, match="has no test image: labels.csv lists none"):
+        load_site_data(site, image_size=SIZE)
