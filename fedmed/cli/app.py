@@ -29,15 +29,13 @@ USAGE_ERROR = 2
 def main() -> None:
     """Entry point: a user's mistake prints one clear message and exits 2, no traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except FedmedError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(USAGE_ERROR)
     except typer.Abort:
         Console(stderr=True).print("aborted")
         sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
     except Exception as error:  # click's usage errors
         import click
 
@@ -45,3 +43,4 @@ def main() -> None:
             error.show()
             sys.exit(USAGE_ERROR)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

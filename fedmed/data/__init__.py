@@ -1,7 +1,7 @@
 """Site data: DICOM reading, a decoded-image cache, per-site datasets, folder checks and
 synthetic hospitals for tests and demos."""
 
-from fedmed.data.cache import PREPROCESSING_VERSION, ImageCache
+from fedmed.data.cache import PREPROCESSING_VERSION, ImageCache, default_cache_dir
 from fedmed.data.check import FileReport, FolderReport, check_folder, render_report
 from fedmed.data.dataset import ImageSet, SiteData, SkippedFile, load_site_data, read_manifest
 from fedmed.data.dicom import DicomMetadata, DicomReadError, read_dicom_image, read_dicom_metadata
@@ -20,6 +20,7 @@ __all__ = [
     "SiteProfile",
     "SkippedFile",
     "check_folder",
+    "default_cache_dir",
     "load_site_data",
     "read_dicom_image",
     "read_dicom_metadata",

@@ -21,12 +21,18 @@ import numpy as np
 
 from fedmed.data.dicom import DicomReadError, read_dicom_image
 
-__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key"]
+__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key", "default_cache_dir"]
 
 # Bump whenever read_dicom_image would return different pixels for the same file.
 PREPROCESSING_VERSION = 1
 
 _CHUNK_BYTES = 1 << 20
+
+
+def default_cache_dir() -> Path:
+    """Where decoded images are cached unless configured: $XDG_CACHE_HOME/fedmed/images."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fedmed" / "images"
 
 
 class ImageCache:

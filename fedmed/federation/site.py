@@ -18,7 +18,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from fedmed.config import DeviceName, load_config
-from fedmed.data import SiteData, load_site_data
+from fedmed.data import SiteData, default_cache_dir, load_site_data
 from fedmed.errors import ConfigError, FedmedError
 from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
 from fedmed.federation.messages import (
@@ -109,7 +109,8 @@ def _reply_or_refuse(msg: Message, context: Context, handler) -> Message:
 
 
 def _load(site: Site, plan: RoundPlan) -> SiteData:
-    data = load_site_data(site.data_dir, image_size=plan.image_size, cache_dir=site.cache_dir)
+    cache_dir = site.cache_dir or default_cache_dir()
+    data = load_site_data(site.data_dir, image_size=plan.image_size, cache_dir=cache_dir)
     for skipped in data.skipped:
         log.warning("site %s skipped %s: %s", site.site_id, skipped.path, skipped.reason)
     return data

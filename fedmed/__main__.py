@@ -1,0 +1,5 @@
+"""`python -m fedmed` runs the command line."""
+
+from fedmed.cli.app import main
+
+main()

@@ -1,0 +1,447 @@
+"""Benchmark: where the quickstart's time goes, and what DP-SGD costs per sample.
+
+A benchmark, not a test: it measures this machine, prints tables and asserts nothing.
+Numbers from a shared or busy machine are noisy; run it twice before you trust a ratio.
+
+It measures two things, side by side in one run:
+
+1. **Framework overhead of the quickstart federation.** The real quickstart
+   (configs/quickstart.yaml) runs through ``fedmed.federation.simulation.simulate``, the
+   same path as ``fedmed simulate``. The wall time of that call is compared with the
+   sites' own local work, the sum over sites of ``train_seconds + eval_seconds`` from
+   results.json (each site times its handler: data loading, privacy plan, DP-SGD,
+   evaluation). ``wall / site work`` above 1 is time spent outside the sites' training and
+   evaluation: Flower SuperLink and Ray start-up, process start, message passing, the
+   server's aggregation. Sites run concurrently (one Ray actor per ``cpus_per_site``
+   CPUs), so the table also gives ``wall / (site work / concurrency)`` with
+   ``concurrency = min(n_sites, cpu_count // cpus_per_site)``: near 1 means the run is
+   about as fast as the sites' own work allows on this machine. ``server run`` is the
+   results.json ``wall_seconds`` (from the ServerApp's recorder start to results written),
+   so ``wall - server run`` is engine start-up and shutdown.
+
+2. **The cost of differential privacy.** Training throughput (samples/s) of every
+   registered model on random 1-channel images, non-private (a plain SGD loop) against
+   DP-SGD through ``fedmed.privacy.train_private`` with a fixed noise multiplier
+   (``PrivacyConfig(noise_multiplier=1.0, delta=1e-5)``, planned by ``plan_privacy``).
+   Opacus computes and clips a gradient per sample, which is what the ratio shows. The
+   timed DP call is the whole ``train_private`` call a site pays each round: Opacus
+   set-up, Poisson-sampled training and the (PRV) epsilon at the end; the accounting time
+   is measured separately and shown so it can be subtracted. Samples are counted as they
+   reach the model (Poisson batches vary in size). Each model and mode gets a warm-up
+   batch, then ``--repeats`` timed passes; the best pass counts, as with ``timeit``, because
+   on a shared machine the slow passes measure the neighbours. torch uses
+   ``os.cpu_count()`` threads for this part.
+
+The machine facts (CPU count, torch version, device, load average) are printed first.
+
+Run from the repository root::
+
+    python simulations/benchmark_quickstart.py [--skip-federation] [--skip-throughput]
+        [--out DIR] [--samples N] [--model-samples NAME=N] [--repeats R] [--batch-size B]
+
+The quickstart data is generated under data/quickstart on first use (by simulate()), in
+which case the federation's wall time includes writing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
+DEFAULT_SAMPLES = {"small_cnn": 1024, "densenet121": 128}
+"""Timed samples per model: enough for a stable rate, small enough for a 2-core CPU."""
+FALLBACK_SAMPLES = 256
+LEARNING_RATE = 0.05
+MOMENTUM = 0.5
+
+console = Console(highlight=False)
+if not console.is_terminal:
+    console.width = max(console.width, 150)  # piped to a file: keep the tables whole
+
+
+@dataclass
+class Section:
+    """One result table, kept to print again as markdown at the end."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+
+
+def show(section: Section) -> None:
+    table = Table(*section.headers, title=section.title)
+    for row in section.rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in section.notes:
+        console.print(f"[dim]{note}[/]")
+
+
+def to_markdown(section: Section) -> str:
+    lines = [f"**{section.title}**", "", "| " + " | ".join(section.headers) + " |"]
+    lines.append("|" + "|".join("---" for _ in section.headers) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in section.rows]
+    lines += [""] + [f"- {note}" for note in section.notes]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def machine_section(device: torch.device) -> Section:
+    import flwr
+    import monai
+    import opacus
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = [
+        ["cpu count (os.cpu_count)", str(os.cpu_count())],
+        ["platform", platform.platform()],
+        ["python", platform.python_version()],
+        ["torch", torch.__version__],
+        ["opacus / flwr / monai", f"{opacus.__version__} / {flwr.__version__} / {monai.__version__}"],
+        ["throughput device", _device_name(device)],
+        ["load average (1, 5, 15 min) at start", "n/a" if load is None else ", ".join(f"{x:.2f}" for x in load)],
+    ]
+    return Section("machine", ["fact", "value"], rows, [])
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+# ---------------------------------------------------------------------------- federation
+
+
+def benchmark_federation(out_dir: Path) -> list[Section]:
+    """Run the real quickstart and split its wall time into site work and the rest."""
+    from fedmed.cli.simulate import ProgressPrinter
+    from fedmed.config import load_config
+    from fedmed.federation.simulation import simulate
+
+    config = load_config(QUICKSTART_CONFIG)
+    data_existed = config.data.root.is_dir()
+    console.rule("[bold]1. quickstart federation")
+    console.print(
+        f"{QUICKSTART_CONFIG.relative_to(REPO_ROOT)}: {len(config.data.sites)} sites, "
+        f"{config.model.name}, {config.training.rounds} rounds x {config.training.local_epochs} "
+        f"local epochs; run folder {out_dir}"
+    )
+    started = time.perf_counter()
+    status, results = simulate(
+        config, QUICKSTART_CONFIG, out_dir,
+        on_event=ProgressPrinter(config.training.rounds),
+        announce=lambda text: console.print(f"[dim]{text}[/]"),
+    )
+    wall = time.perf_counter() - started
+    if results is None:
+        console.print(f"[bold red]federation failed[/] ({status.status}): {status.details}")
+        console.print(f"Flower's log: {out_dir / 'flower.log'}")
+        return [Section("quickstart federation failed", ["measure", "value"],
+                        [["status", f"{status.status} (no results.json)"], ["wall s", f"{wall:.1f}"]], [])]
+
+    sites = results["sites"]
+    per_site = [
+        [
+            site, _fmt(s["train_seconds"], ".1f"), _fmt(s["eval_seconds"], ".1f"),
+            _fmt(s["train_seconds"] + s["eval_seconds"], ".1f"), str(s["rounds_trained"]),
+            _fmt(s["auroc"], ".3f"), _fmt(s["epsilon"], ".2f"), _fmt(s["noise_multiplier"], ".3f"),
+        ]
+        for site, s in sites.items()
+    ]
+    site_work = sum(s["train_seconds"] + s["eval_seconds"] for s in sites.values())
+    cpus_per_site = config.simulation.cpus_per_site
+    concurrency = max(1, min(len(sites), (os.cpu_count() or 1) // cpus_per_site))
+    server_run = results["wall_seconds"]
+    summary = [
+        ["status", f"{status.status} / results: {results['status']}"],
+        ["data folder existed before the run", "yes" if data_existed else "no (generated in this run, inside wall)"],
+        ["wall: simulate() call, s", f"{wall:.1f}"],
+        ["server run (results.json wall_seconds), s", f"{server_run:.1f}"],
+        ["engine start-up + shutdown (wall - server run), s", f"{wall - server_run:.1f}"],
+        ["site work: sum over sites of train_seconds + eval_seconds, s", f"{site_work:.1f}"],
+        ["framework overhead: wall / site work (serial)", _ratio(wall, site_work)],
+        [
+            f"concurrency = min({len(sites)} sites, {os.cpu_count()} cpus // {cpus_per_site} cpus_per_site)",
+            str(concurrency),
+        ],
+        ["wall / (site work / concurrency)", _ratio(wall, site_work / concurrency)],
+        ["server run / (site work / concurrency)", _ratio(server_run, site_work / concurrency)],
+        ["pooled test AUROC", _fmt(results["global"]["auroc"], ".3f")],
+    ]
+    notes = [
+        "site work = each site's own timing of its train and evaluate handlers "
+        "(data loading, privacy plan, DP-SGD, evaluation), summed over rounds and sites.",
+        "wall / site work > 1: time outside the sites' work (Flower/Ray start-up, process "
+        "start, messages, aggregation). Sites run concurrently, so the serial ratio "
+        "understates the overhead; the concurrency-adjusted ratio is the fairer one.",
+    ]
+    return [
+        Section("quickstart federation: wall time vs site work", ["measure", "value"], summary, notes),
+        Section(
+            "quickstart federation: per site",
+            ["site", "train s", "eval s", "site work s", "rounds", "AUROC", "epsilon", "noise"],
+            per_site, [],
+        ),
+    ]
+
+
+def _ratio(numerator: float, denominator: float) -> str:
+    return "n/a" if denominator <= 0 else f"{numerator / denominator:.2f}"
+
+
+# ---------------------------------------------------------------------------- throughput
+
+
+class SampleCounter:
+    """Counts the images that reach a model (Poisson batches vary in size)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.count = 0
+        self._handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self.count += int(inputs[0].shape[0])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_dataset(n: int, *, image_size: int, seed: int) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, image_size, image_size, generator=generator)
+    labels = torch.randint(0, 2, (n,), generator=generator).float()
+    return TensorDataset(images, labels)
+
+
+def train_plain(model: nn.Module, dataset: TensorDataset, *, batch_size: int, device: torch.device) -> None:
+    """One epoch of ordinary mini-batch SGD: the non-private baseline."""
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    criterion = nn.BCEWithLogitsLoss()
+    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=True):
+        optimizer.zero_grad(set_to_none=True)
+        images, labels = images.to(device), labels.to(device)
+        criterion(model(images).squeeze(1), labels).backward()
+        optimizer.step()
+
+
+def train_dp(model: nn.Module, dataset: TensorDataset, *, batch_size: int, device: torch.device) -> float:
+    """One epoch of DP-SGD through fedmed's train_private; returns the accounting seconds."""
+    # With one batch (the warm-up) Poisson's sample rate is 1 and the PRV accountant takes
+    # log(1 - q) = -inf, which it handles; numpy would still warn about it.
+    with np.errstate(divide="ignore"):
+        return _train_dp(model, dataset, batch_size=batch_size, device=device)
+
+
+def _train_dp(model: nn.Module, dataset: TensorDataset, *, batch_size: int, device: torch.device) -> float:
+    from fedmed.config import PrivacyConfig
+    from fedmed.privacy import plan_privacy, train_private
+    from fedmed.privacy.accountant import epsilon_of
+
+    plan = plan_privacy(
+        PrivacyConfig(noise_multiplier=1.0, delta=1e-5),
+        site="benchmark", n_train=len(dataset), batch_size=batch_size, local_epochs=1, rounds=1,
+    )
+    outcome = train_private(
+        model, dataset, plan, history=[], epochs=1, batch_size=batch_size,
+        learning_rate=LEARNING_RATE, momentum=MOMENTUM, device=device,
+    )
+    started = time.perf_counter()  # what train_private spent on its final epsilon, again
+    epsilon_of(outcome.history, delta=plan.delta, accountant=plan.accountant)
+    return time.perf_counter() - started
+
+
+@dataclass
+class Throughput:
+    """Timed passes of one model in one mode: (samples seen, seconds) per repeat."""
+
+    passes: list[tuple[int, float]]
+    accounting_seconds: float | None = None
+
+    @property
+    def rates(self) -> list[float]:
+        return sorted(n / s for n, s in self.passes)
+
+    @property
+    def best(self) -> float:
+        return self.rates[-1]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+    def best_pass(self) -> tuple[int, float]:
+        return max(self.passes, key=lambda p: p[0] / p[1])
+
+
+def measure(name: str, *, private: bool, samples: int, repeats: int, batch_size: int, image_size: int,
+            device: torch.device) -> Throughput:
+    """Warm up on one batch, then time ``repeats`` epochs of ``samples`` random images."""
+    from fedmed.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, image_size=image_size, in_channels=1)
+    train = train_dp if private else train_plain
+    train(model, random_dataset(batch_size, image_size=image_size, seed=1), batch_size=batch_size, device=device)
+    dataset = random_dataset(samples, image_size=image_size, seed=2)
+    passes, accounting = [], []
+    for _ in range(repeats):
+        counter = SampleCounter(model)
+        _sync(device)
+        started = time.perf_counter()
+        accounting.append(train(model, dataset, batch_size=batch_size, device=device))
+        _sync(device)
+        passes.append((counter.count, time.perf_counter() - started))
+        counter.remove()
+    return Throughput(passes, statistics.median(accounting) if private else None)
+
+
+def benchmark_throughput(
+    models: Sequence[str], samples: dict[str, int], *, repeats: int, batch_size: int, image_size: int,
+    device: torch.device,
+) -> list[Section]:
+    """Samples/s of every model, non-private against DP-SGD (best of ``repeats`` passes)."""
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    console.rule("[bold]2. DP vs non-private training throughput")
+    console.print(
+        f"{image_size}x{image_size}, 1 channel, batch {batch_size}, random data, device "
+        f"{_device_name(device)}, torch threads {torch.get_num_threads()} (os.cpu_count()), "
+        f"best of {repeats} passes"
+    )
+    rows = []
+    for name in models:
+        n = samples[name]
+        console.print(f"[dim]{name}: {repeats} x {n} samples non-private, then DP ...[/]")
+        plain, dp = (
+            measure(name, private=private, samples=n, repeats=repeats, batch_size=batch_size,
+                    image_size=image_size, device=device)
+            for private in (False, True)
+        )
+        (plain_n, plain_s), (dp_n, dp_s) = plain.best_pass(), dp.best_pass()
+        rows.append([
+            name, str(plain_n), f"{plain_s:.2f}", f"{plain.best:.1f} ({plain.median:.1f})",
+            str(dp_n), f"{dp_s:.2f}", f"{dp.best:.1f} ({dp.median:.1f})",
+            f"{dp.best / plain.best:.3f}", f"{plain.best / dp.best:.1f}x", _fmt(dp.accounting_seconds, ".2f"),
+        ])
+    notes = [
+        f"batch {batch_size}, {image_size}x{image_size}x1, random images, device {_device_name(device)}, "
+        f"torch.set_num_threads({threads}); one warm-up batch, then {repeats} timed passes per model and mode.",
+        "samples/s: best pass (median of passes in brackets); n and s are the best pass's. Ratio and "
+        "slowdown compare best passes. On a shared machine a pass can be >10x slower when another "
+        "process takes a core (torch's threads wait on a descheduled peer): a low median shows it.",
+        "DP = fedmed.privacy.train_private, PrivacyConfig(noise_multiplier=1.0, delta=1e-5) via "
+        "plan_privacy, Poisson sampling (the DP sample count varies); its time includes Opacus "
+        "set-up and the final PRV epsilon ('accounting s', timed again separately, median).",
+    ]
+    headers = [
+        "model", "non-private n", "non-private s", "non-private samples/s",
+        "DP n", "DP s", "DP samples/s", "DP / non-private", "slowdown", "accounting s",
+    ]
+    return [Section("training throughput: DP-SGD vs non-private", headers, rows, notes)]
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip-federation", action="store_true", help="skip the quickstart federation")
+    parser.add_argument("--skip-throughput", action="store_true", help="skip the DP vs non-private throughput")
+    parser.add_argument("--out", type=Path, help="keep the federation's run folder here (default: a temporary folder)")
+    parser.add_argument("--samples", type=int, help="timed samples for every model (default: per model, "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_SAMPLES.items()) + ")")
+    parser.add_argument("--model-samples", action="append", default=[], metavar="NAME=N",
+                        help="timed samples for one model, e.g. densenet121=64 (repeatable)")
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="models to measure (default: all registered)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per model and mode; the best counts (default 3)")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
+    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.samples is not None and args.samples < args.batch_size:
+        parser.error(f"--samples {args.samples} is below --batch-size {args.batch_size}")
+    return args
+
+
+def samples_per_model(args: argparse.Namespace, models: Sequence[str]) -> dict[str, int]:
+    samples = {name: args.samples or DEFAULT_SAMPLES.get(name, FALLBACK_SAMPLES) for name in models}
+    for item in args.model_samples:
+        name, _, count = item.partition("=")
+        if name not in samples or not count.isdigit() or int(count) < args.batch_size:
+            raise SystemExit(
+                f"--model-samples {item!r}: expected NAME=N with NAME one of {', '.join(models)} "
+                f"and N at least the batch size {args.batch_size}"
+            )
+        samples[name] = int(count)
+    return samples
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from fedmed.models import available_models, check_model_name
+
+    models = [check_model_name(name) for name in args.models] if args.models else available_models()
+    samples = samples_per_model(args, models)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    sections = [machine_section(device)]
+    show(sections[0])
+
+    if not args.skip_federation:
+        if args.out is not None:
+            sections += benchmark_federation(args.out)
+        else:
+            with tempfile.TemporaryDirectory(prefix="fedmed-bench-") as tmp:
+                sections += benchmark_federation(Path(tmp) / "run")
+        for section in sections[1:]:
+            show(section)
+    if not args.skip_throughput:
+        throughput = benchmark_throughput(
+            models, samples, repeats=args.repeats, batch_size=args.batch_size, image_size=args.image_size, device=device
+        )
+        for section in throughput:
+            show(section)
+        sections += throughput
+
+    console.rule("[bold]markdown")
+    print("\n\n".join(to_markdown(section) for section in sections))
+    command = " ".join(["python simulations/benchmark_quickstart.py", *(argv if argv is not None else sys.argv[1:])])
+    print(f"\n_benchmark took {time.perf_counter() - started:.0f} s: `{command}`_")
+    return 1 if any(s.title.startswith("quickstart federation failed") for s in sections) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

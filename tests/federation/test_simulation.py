@@ -1,0 +1,126 @@
+"""End to end: `fedmed simulate` runs real Flower simulations (SuperLink, Ray) with DP-SGD.
+
+Each run costs Flower and Ray start-up (about 20 s here), so the federations are tiny
+and the cases are few: a healthy federation with a bad file and a broken site, and a
+federation where every site refuses to train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fedmed.data import synthesize_hospitals
+from fedmed.models import create_model, load_float_state
+
+FEDMED = [sys.executable, "-m", "fedmed"]
+
+
+def write_config(path: Path, data_root: Path, **privacy: object) -> Path:
+    config = {
+        "name": "tiny",
+        "data": {"root": str(data_root), "sites": ["site-a", "site-b", "site-c"], "image_size": 32},
+        "model": {"name": "small_cnn"},
+        "training": {
+            "rounds": 3, "local_epochs": 2, "batch_size": 16, "learning_rate": 0.5,
+            "momentum": 0.5, "min_sites": 2,
+        },
+        "privacy": {"target_epsilon": 6.0, "delta": 1e-3, "max_grad_norm": 1.0, **privacy},
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def simulate(config: Path, out: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FEDMED, "simulate", str(config), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+
+
+@pytest.fixture(scope="module")
+def hospitals(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small hospitals; site-a has one truncated file, site-c no readable image."""
+    root = tmp_path_factory.mktemp("hospitals")
+    synthesize_hospitals(root, n_sites=3, images_per_site=120, image_size=48, seed=1)
+    first = sorted((root / "site-a" / "images").glob("*.dcm"))[0]
+    first.write_bytes(first.read_bytes()[:400])
+    for image in (root / "site-c" / "images").glob("*.dcm"):
+        image.write_bytes(b"not a DICOM file")
+    return root
+
+
+@pytest.fixture(scope="module")
+def federation(hospitals: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "out"
+    completed = simulate(write_config(tmp / "tiny.yaml", hospitals), out, tmp)
+    return completed, out
+
+
+def test_federation_completes_and_reports_per_site(federation: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    completed, out = federation
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    for site in ("site-a", "site-b"):
+        summary = results["sites"][site]
+        assert summary["rounds_trained"] == 3
+        assert summary["n_train"] + summary["n_test"] + (summary["skipped_files"] or 0) == 120
+        assert 0 < summary["epsilon"] <= 6.0 + 0.02
+        assert summary["delta"] == 1e-3
+        assert 0.0 <= summary["auroc"] <= 1.0
+        epsilons = [r["sites"][site]["epsilon"] for r in results["rounds"]]
+        assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]  # cumulative
+    assert results["sites"]["site-a"]["skipped_files"] == 1
+    assert results["global"]["auroc"] >= 0.7
+    assert results["global"]["n_test"] == results["sites"]["site-a"]["n_test"] + results["sites"]["site-b"]["n_test"]
+
+
+def test_broken_site_refuses_with_its_reason_and_the_rest_carry_on(
+    federation: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    completed, out = federation
+    results = json.loads((out / "results.json").read_text())
+    assert results["sites"]["site-c"]["rounds_trained"] == 0
+    reasons = [f["reason"] for r in results["rounds"] for f in r["failures"]]
+    assert len(reasons) == 6  # train and evaluate, three rounds
+    assert all("site-c" in reason and "not a DICOM file" in reason for reason in reasons)
+    assert "site-c" in completed.stdout
+
+
+def test_privacy_history_is_on_the_site_disk(federation: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = federation
+    histories = list((out / "sites" / "site-a" / "privacy").glob("run-*.json"))
+    assert len(histories) == 1
+    recorded = json.loads(histories[0].read_text())
+    assert recorded["accountant"] == "prv"
+    assert sum(steps for _, _, steps in recorded["history"]) > 0
+
+
+def test_model_file_holds_the_float_weights(federation: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    _, out = federation
+    saved = torch.load(out / "model.pt", weights_only=True)
+    model = create_model(saved["model"], image_size=saved["image_size"])
+    load_float_state(model, saved["state_dict"])
+
+
+def test_every_site_refusing_stops_the_run_cleanly(hospitals: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "greedy-delta.yaml", hospitals, delta=0.5)
+    completed = simulate(config, tmp_path / "out", tmp_path)
+    assert completed.returncode == 1
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["status"] == "stopped"
+    assert "only 0 site(s) completed train" in results["status_reason"]
+    reasons = [f["reason"] for f in results["rounds"][0]["failures"]]
+    assert any("site-a" in r and "delta 0.5 is not below 1/N" in r for r in reasons)
+    assert "Traceback" not in completed.stdout + completed.stderr
