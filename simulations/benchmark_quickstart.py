@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
-DEFAULT_SAMPLES = {"small_cnn": 1024, "densenet121": 128}
+DEFAULT_SAMPLES = {"small_cnn": 1024, "densenet121": 64}
 """Timed samples per model: enough for a stable rate, small enough for a 2-core CPU."""
 FALLBACK_SAMPLES = 256
 LEARNING_RATE = 0.05
@@ -439,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.rule("[bold]markdown")
     print("\n\n".join(to_markdown(section) for section in sections))
     command = " ".join(["python simulations/benchmark_quickstart.py", *(argv if argv is not None else sys.argv[1:])])
-    print(f"\n_benchmark took {time.perf_counter() - started:.0f} s: `{command}`_")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"\n_benchmark took {time.perf_counter() - started:.0f} s, load average at the end {load}: `{command}`_")
     return 1 if any(s.title.startswith("quickstart federation failed") for s in sections) else 0
 
 

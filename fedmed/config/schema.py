@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fedmed.models import check_model_name
 
 
+ImageSize = Annotated[int, Field(ge=16, le=1024)]
+"""Side of the square model input, in pixels."""
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys rejected, values immutable."""
 
@@ -52,7 +56,7 @@ class DataConfig(Section):
     root: Path
     """Folder holding one sub-folder of DICOM studies (and labels.csv) per site."""
     sites: Annotated[list[str], Field(min_length=1)]
-    image_size: Annotated[int, Field(ge=16, le=1024)] = 64
+    image_size: ImageSize = 64
     cache_dir: Path | None = None
     """Decoded-image cache; default: $XDG_CACHE_HOME/fedmed/images."""
     synthesize: SynthesisConfig | None = None

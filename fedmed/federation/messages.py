@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from pydantic import ValidationError
 
 from fedmed.config import ExperimentConfig, ModelConfig, PrivacyConfig, TrainingConfig
-from fedmed.config.schema import Section
+from fedmed.config.schema import ImageSize, Section
 from fedmed.errors import ConfigError
 
 
@@ -65,7 +65,7 @@ class RoundPlan(Section):
     """The terms the server asks a site to train or evaluate under."""
 
     model: ModelConfig
-    image_size: int
+    image_size: ImageSize
     training: TrainingConfig
     privacy: PrivacyConfig
 

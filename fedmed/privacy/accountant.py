@@ -76,7 +76,10 @@ class AccountantStore:
                     f"{self.path}: privacy history was kept with the {raw['accountant']!r} "
                     f"accountant, not {self.accountant!r}; keep the accountant fixed for a run"
                 )
-            return [MechanismStep(float(s), float(q), int(n)) for s, q, n in raw["history"]]
+            history = [MechanismStep(float(s), float(q), int(n)) for s, q, n in raw["history"]]
+            if any(s.noise_multiplier <= 0 or not 0 < s.sample_rate <= 1 or s.steps < 1 for s in history):
+                raise ValueError("a step has a non-positive noise, a sample rate outside (0, 1] or no steps")
+            return history
         except PrivacyError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as error:

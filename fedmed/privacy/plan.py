@@ -45,6 +45,8 @@ def plan_privacy(
     Raises:
         PrivacyError: delta is not below 1/N for the site's N training records.
     """
+    if n_train < 1:
+        raise PrivacyError(f"site {site}: no training records; nothing to train on")
     if privacy.delta >= 1.0 / n_train:
         raise PrivacyError(
             f"site {site}: delta {privacy.delta:g} is not below 1/N = {1.0 / n_train:.3g} for its "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -50,9 +52,7 @@ def train_private(
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
 
-    with warnings.catch_warnings():
-        # secure_mode needs torchcsprng, which has no current wheels; documented in README.
-        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+    with _quiet_opacus():
         engine = PrivacyEngine(accountant=plan.accountant)
         engine.accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
         private_model, optimizer, private_loader = engine.make_private(
@@ -68,20 +68,20 @@ def train_private(
             f"Opacus samples at rate {private_loader.sample_rate}, the plan at {plan.sample_rate}"
         )
 
-    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     criterion = nn.BCEWithLogitsLoss()
     total_loss, batches = 0.0, 0
-    for _ in range(epochs):
-        for images, labels in private_loader:
-            optimizer.zero_grad(set_to_none=True)
-            images, labels = images.to(device), labels.to(device)
-            loss = criterion(private_model(images).squeeze(1), labels)
-            loss.backward()
-            optimizer.step()
-            if proximal_mu:
-                _apply_proximal_step(model, global_weights, learning_rate * proximal_mu)
-            total_loss += float(loss.detach())
-            batches += 1
+    with _quiet_opacus():
+        for _ in range(epochs):
+            for images, labels in private_loader:
+                optimizer.zero_grad(set_to_none=True)
+                images, labels = images.to(device), labels.to(device)
+                loss = criterion(private_model(images).squeeze(1), labels)
+                loss.backward()
+                optimizer.step()
+                if proximal_mu:
+                    _apply_proximal_step(model, global_weights, learning_rate * proximal_mu)
+                total_loss += float(loss.detach())
+                batches += 1
     new_history = history_of(engine.accountant)
     private_model.to_standard_module()  # drop hooks and grad samples; ``model`` is trained
     return TrainOutcome(
@@ -90,6 +90,20 @@ def train_private(
         history=new_history,
         epsilon=epsilon_of(new_history, delta=plan.delta, accountant=plan.accountant),
     )
+
+
+@contextmanager
+def _quiet_opacus() -> Iterator[None]:
+    """Silence two known, harmless Opacus warnings, and only those.
+
+    "Secure RNG turned off": secure_mode needs torchcsprng, which has no current wheels
+    (README, privacy notes). "Full backward hook is firing ...": images do not require
+    gradients, so the hooks see module outputs only, as intended.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
 
 
 @torch.no_grad()

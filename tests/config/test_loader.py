@@ -307,7 +307,7 @@ def test_several_errors_in_one_message(tmp_path: Path) -> None:
 
 @pytest.mark.xfail(
     reason=(
-        "library bug: ExperimentConfig._min_sites_fit is a model 'after' validator, which pydantic "
+        "known limitation: ExperimentConfig._min_sites_fit is a model 'after' validator, which pydantic "
         "skips when any field of the file is invalid, so a min_sites error is only reported once "
         "every other error is fixed (not 'all problems in one error')"
     ),

@@ -149,7 +149,9 @@ def test_calibrate_noise_meets_target(accountant: str, target: float, sample_rat
 
 def test_calibrated_noise_is_smaller_for_a_larger_budget() -> None:
     def sigma(target: float) -> float:
-        return calibrate_noise(target_epsilon=target, delta=1e-5, sample_rate=0.01, steps=1000, accountant="rdp")
+        return calibrate_noise(
+            target_epsilon=target, delta=1e-5, sample_rate=0.01, steps=1000, accountant="rdp"
+        )
 
     assert sigma(4.0) < sigma(1.0)
 
@@ -173,7 +175,8 @@ def test_store_keeps_exact_floats(tmp_path: Path) -> None:
     store = AccountantStore(tmp_path / "h.json", accountant="rdp")
     store.save(history)
     assert store.load() == history
-    assert epsilon_of(store.load(), delta=1e-5, accountant="rdp") == epsilon_of(history, delta=1e-5, accountant="rdp")
+    reloaded = epsilon_of(store.load(), delta=1e-5, accountant="rdp")
+    assert reloaded == epsilon_of(history, delta=1e-5, accountant="rdp")
 
 
 def test_store_saves_empty_history(tmp_path: Path) -> None:

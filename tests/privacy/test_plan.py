@@ -19,10 +19,22 @@ def fixed_noise(sigma: float = 1.0, **kwargs: object) -> PrivacyConfig:
     return PrivacyConfig(noise_multiplier=sigma, **kwargs)
 
 
-def plan_for(privacy: PrivacyConfig, *, n_train: int = 1000, batch_size: int = 64, local_epochs: int = 1,
-             rounds: int = 3, site: str = "site-a") -> PrivacyPlan:
+def plan_for(
+    privacy: PrivacyConfig,
+    *,
+    n_train: int = 1000,
+    batch_size: int = 64,
+    local_epochs: int = 1,
+    rounds: int = 3,
+    site: str = "site-a",
+) -> PrivacyPlan:
     return plan_privacy(
-        privacy, site=site, n_train=n_train, batch_size=batch_size, local_epochs=local_epochs, rounds=rounds
+        privacy,
+        site=site,
+        n_train=n_train,
+        batch_size=batch_size,
+        local_epochs=local_epochs,
+        rounds=rounds,
     )
 
 
@@ -132,7 +144,10 @@ def test_budget_allows_the_planned_rounds_and_refuses_the_next(
     assert projected == sorted(projected) and len(set(projected)) == rounds
     assert projected[-1] <= target + BUDGET_TOLERANCE
     assert projected[-1] == pytest.approx(epsilon_of(history, delta=plan.delta, accountant=plan.accountant))
-    pattern = rf"site site-b: another round would spend epsilon \d+\.\d{{3}}, over the budget {target:g} \(already spent"
+    pattern = (
+        r"site site-b: another round would spend epsilon \d+\.\d{3}, "
+        rf"over the budget {target:g} \(already spent"
+    )
     with pytest.raises(PrivacyError, match=pattern) as caught:
         check_budget(plan, history, site="site-b")
     spent = epsilon_of(history, delta=plan.delta, accountant=plan.accountant)
