@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,11 +96,14 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     return _reply_or_refuse(msg, context, _evaluate)
 
 
-def _reply_or_refuse(msg: Message, context: Context, handler) -> Message:
+def _reply_or_refuse(
+    msg: Message, context: Context, handler: Callable[[Message, Context, Site], Message]
+) -> Message:
     site = None
     try:
         site = resolve_site(context)
-        torch.set_num_threads(max(1, int(os.environ.get("FEDMED_TORCH_THREADS", "1"))))
+        if threads := os.environ.get("FEDMED_TORCH_THREADS"):  # set by `fedmed simulate`
+            torch.set_num_threads(int(threads))
         return handler(msg, context, site)
     except FedmedError as error:
         name = site.site_id if site else "unknown site"

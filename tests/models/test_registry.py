@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,15 +26,6 @@ from fedmed.models import registry as registry_module
 
 IMAGE_SIZE = 32
 """Smallest size every network takes: DenseNet121 downsamples 32x (at 16x16 it fails)."""
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """On a busy 2-core machine two OpenMP threads made one DenseNet step ~40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_registered_models() -> None:
