@@ -13,7 +13,7 @@ from rich.table import Table
 from fedmed.config import load_config
 from fedmed.federation.simulation import simulate as run_simulation
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # whole lines in logs and CI
 
 
 def simulate(
