@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from fedmed.cli import data, models, simulate, synth
+from fedmed.cli import audit, data, models, simulate, synth
 from fedmed.errors import FedmedError
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("simulate")(simulate.simulate)
 app.command("synth")(synth.synth)
 app.command("models")(models.list_models)
+app.command("audit")(audit.audit)
 app.add_typer(data.app, name="data")
 
 USAGE_ERROR = 2

@@ -1,6 +1,7 @@
 """Experiment configuration: YAML in, frozen typed objects out."""
 
 from fedmed.config.loader import load_config
+from fedmed.config.policy import SitePolicy, load_site_policy
 from fedmed.config.schema import (
     AccountantName,
     DataConfig,
@@ -22,8 +23,10 @@ __all__ = [
     "ModelConfig",
     "PrivacyConfig",
     "SimulationConfig",
+    "SitePolicy",
     "StrategyName",
     "SynthesisConfig",
     "TrainingConfig",
     "load_config",
+    "load_site_policy",
 ]

@@ -49,6 +49,11 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return raw
 
 
+def absolute_path(value: Path, base: Path) -> Path:
+    value = value.expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
+
+
 def format_validation_error(path: Path, error: ValidationError, schema: type[BaseModel]) -> str:
     """One message naming the file and every invalid key, with a hint for typos."""
     lines = [f"{path}: invalid configuration"]
@@ -79,15 +84,19 @@ def _known_keys(schema: type[BaseModel], parents: list[str]) -> list[str]:
 
 
 def resolve_paths(config: ExperimentConfig, base: Path) -> ExperimentConfig:
-    """Make data paths absolute relative to ``base`` (the config file's folder)."""
+    """Make every path absolute relative to ``base`` (the config file's folder)."""
 
     def absolute(value: Path | None) -> Path | None:
-        if value is None:
-            return None
-        value = value.expanduser()
-        return value if value.is_absolute() else (base / value).resolve()
+        return None if value is None else absolute_path(value, base)
 
     data = config.data.model_copy(
         update={"root": absolute(config.data.root), "cache_dir": absolute(config.data.cache_dir)}
     )
-    return config.model_copy(update={"data": data})
+    simulation = config.simulation.model_copy(
+        update={
+            "site_policy": absolute(config.simulation.site_policy),
+            "site_policies": {site: absolute(p) for site, p in config.simulation.site_policies.items()},
+            "state_root": absolute(config.simulation.state_root),
+        }
+    )
+    return config.model_copy(update={"data": data, "simulation": simulation})

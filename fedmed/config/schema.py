@@ -124,11 +124,25 @@ class PrivacyConfig(Section):
 
 
 class SimulationConfig(Section):
-    """Resources of each virtual hospital in Flower's simulation engine."""
+    """The virtual hospitals of Flower's simulation engine: resources and their own disks.
+
+    In a real consortium each hospital's node config names its policy and state folder;
+    in simulation the researcher plays every hospital, so this section stands in for them.
+    """
 
     cpus_per_site: Annotated[int, Field(ge=1)] = 1
     """Whole CPUs per virtual hospital (Ray); also its torch thread count."""
     gpus_per_site: Annotated[float, Field(ge=0)] = 0.0
+    site_policy: Path | None = None
+    """Policy file every simulated hospital uses unless ``site_policies`` names its own."""
+    site_policies: dict[str, Path] = {}
+    state_root: Path | None = None
+    """Where simulated hospitals keep privacy books, ledgers and keys (one folder each);
+    default: a ``<data.root>-state`` folder beside the data. It outlives runs, as a real
+    hospital's does: a second run on the same data starts from the spend the first left."""
+
+    def policy_for(self, site: str) -> Path | None:
+        return self.site_policies.get(site, self.site_policy)
 
 
 class ExperimentConfig(Section):
@@ -147,6 +161,18 @@ class ExperimentConfig(Section):
                 f"{len(self.data.sites)} site(s)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _policies_name_sites(self) -> ExperimentConfig:
+        unknown = sorted(set(self.simulation.site_policies) - set(self.data.sites))
+        if unknown:
+            raise ValueError(f"simulation.site_policies names sites not in data.sites: {', '.join(unknown)}")
+        return self
+
+    @property
+    def state_root(self) -> Path:
+        root = self.data.root
+        return self.simulation.state_root or root.with_name(f"{root.name}-state")
 
     @property
     def min_sites(self) -> int:

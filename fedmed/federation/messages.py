@@ -29,12 +29,15 @@ class Key(StrEnum):
     PLAN = "plan"
     SERVER_ROUND = "server-round"
     SITE_ID = "site-id"
+    LEDGER = "ledger"
+    PUBLIC_KEY = "public-key"
     # MetricRecord entries
     NUM_EXAMPLES = "num-examples"
     TRAIN_LOSS = "train-loss"
     EVAL_LOSS = "eval-loss"
     EPSILON = "epsilon"
     DELTA = "delta"
+    BUDGET_EPSILON = "budget-epsilon"
     NOISE_MULTIPLIER = "noise-multiplier"
     SAMPLE_RATE = "sample-rate"
     STEPS = "steps"
@@ -47,11 +50,14 @@ class Key(StrEnum):
     # run config (set by `fedmed simulate`)
     CONFIG_PATH = "config-path"
     OUT_DIR = "out-dir"
-    # node config: `partition-id` in simulation; `site-id`, `data-dir`, `state-dir` at a hospital
+    # node config: `partition-id` in simulation; at a hospital `site-id`, `data-dir`,
+    # `state-dir`, `policy-path` and optionally `cache-dir`, `signing-key`
     PARTITION_ID = "partition-id"
     DATA_DIR = "data-dir"
     STATE_DIR = "state-dir"
     CACHE_DIR = "cache-dir"
+    POLICY_PATH = "policy-path"
+    SIGNING_KEY = "signing-key"
 
 
 class ErrorCode(IntEnum):

@@ -66,7 +66,10 @@ class SiteTrackingFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid = self._sort_replies(server_round, replies, "train")
         for msg in valid:
-            self.recorder.record_train(server_round, _site_of(msg), _scalars(msg.content[Key.METRICS]))
+            site = _site_of(msg)
+            self.recorder.record_train(server_round, site, _scalars(msg.content[Key.METRICS]))
+            record = msg.content[Key.SITE]
+            self.recorder.record_ledger(site, list(record[Key.LEDGER]), str(record[Key.PUBLIC_KEY]))
         self.recorder.finish_train(server_round)
         arrays = aggregate_arrayrecords([msg.content for msg in valid], self.weighted_by_key)
         return arrays, None

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
-from fedmed.config import DeviceName, load_config
-from fedmed.data import SiteData, default_cache_dir, load_site_data
-from fedmed.errors import ConfigError, FedmedError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedmed.config import DeviceName, SitePolicy, load_config, load_site_policy
+from fedmed.data import SiteData, dataset_fingerprint, default_cache_dir, load_site_data
+from fedmed.errors import ConfigError, FedmedError, PrivacyError
 from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
 from fedmed.federation.messages import (
     ErrorCode,
@@ -31,9 +33,15 @@ from fedmed.federation.messages import (
     state_from_arrays,
 )
 from fedmed.models import create_model, float_state, load_float_state
-from fedmed.privacy import AccountantStore, check_budget, plan_privacy, train_private
+from fedmed.privacy import check_budget, plan_privacy, train_private
+from fedmed.privacy.books import PrivacyBooks
+from fedmed.privacy.ledger import hash_state
+from fedmed.privacy.terms import check_noise, check_terms
+from fedmed.secure.keys import load_or_create_signing_key, load_signing_key, public_key_pem
 
 log = logging.getLogger("fedmed.site")
+
+SIGNING_KEY_FILE = "keys/site-ed25519.pem"
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,11 @@ class Site:
     site_id: str
     data_dir: Path
     state_dir: Path
+    """The site's own disk for privacy books, ledger and keys; outlives runs."""
     cache_dir: Path | None
+    policy_path: Path | None
+    signing_key: Path
+    simulated: bool = False
 
 
 def resolve_site(context: Context) -> Site:
@@ -58,22 +70,29 @@ def resolve_site(context: Context) -> Site:
     node, run = context.node_config, context.run_config
     if Key.SITE_ID in node:
         try:
+            state_dir = Path(str(node[Key.STATE_DIR]))
             return Site(
                 site_id=str(node[Key.SITE_ID]),
                 data_dir=Path(str(node[Key.DATA_DIR])),
-                state_dir=Path(str(node[Key.STATE_DIR])),
+                state_dir=state_dir,
                 cache_dir=Path(str(node[Key.CACHE_DIR])) if Key.CACHE_DIR in node else None,
+                policy_path=Path(str(node[Key.POLICY_PATH])) if Key.POLICY_PATH in node else None,
+                signing_key=Path(str(node.get(Key.SIGNING_KEY, state_dir / SIGNING_KEY_FILE))),
             )
         except KeyError as missing:
             raise ConfigError(f"node config of site {node[Key.SITE_ID]} lacks {missing}") from None
     if Key.PARTITION_ID in node and Key.CONFIG_PATH in run:
         config = load_config(str(run[Key.CONFIG_PATH]))
         site_id = config.data.sites[int(node[Key.PARTITION_ID])]
+        state_dir = config.state_root / site_id
         return Site(
             site_id=site_id,
             data_dir=config.data.root / site_id,
-            state_dir=Path(str(run[Key.OUT_DIR])) / "sites" / site_id,
+            state_dir=state_dir,
             cache_dir=config.data.cache_dir,
+            policy_path=config.simulation.policy_for(site_id),
+            signing_key=state_dir / SIGNING_KEY_FILE,
+            simulated=True,
         )
     raise ConfigError("node config names no site: set site-id, data-dir and state-dir")
 
@@ -120,32 +139,59 @@ def _load(site: Site, plan: RoundPlan) -> SiteData:
     return data
 
 
-def _model(msg: Message, plan: RoundPlan) -> torch.nn.Module:
+def _model(plan: RoundPlan, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
     model = create_model(plan.model.name, image_size=plan.image_size)
-    load_float_state(model, state_from_arrays(msg.content[Key.ARRAYS]))
+    load_float_state(model, weights)
     return model
+
+
+def _policy(site: Site) -> SitePolicy:
+    """The hospital's own policy; without one the site does not train (fail closed)."""
+    if site.policy_path is None:
+        raise PrivacyError(
+            f"site {site.site_id} has no privacy policy: set policy-path in its node config "
+            "(simulation: simulation.site_policy); refusing to train"
+        )
+    return load_site_policy(site.policy_path)
+
+
+def _signing_key(site: Site) -> Ed25519PrivateKey:
+    """The site's Ed25519 key: provisioned at a hospital, made on first use in simulation."""
+    if site.simulated:
+        return load_or_create_signing_key(site.signing_key)
+    return load_signing_key(site.signing_key)
 
 
 def _train(msg: Message, context: Context, site: Site) -> Message:
     started = time.perf_counter()
     plan = decode_plan(msg.content[Key.CONFIG])
-    data = _load(site, plan)
+    policy = _policy(site)
     training = plan.training
+    check_terms(
+        policy, site=site.site_id, requested=plan.privacy,
+        model=plan.model.name, local_epochs=training.local_epochs,
+    )
+    data = _load(site, plan)
+    # The site keeps its books at its own delta and accountant, whatever the run asks.
+    terms = plan.privacy.model_copy(update={"delta": policy.delta, "accountant": policy.accountant})
     privacy = plan_privacy(
-        plan.privacy,
+        terms,
         site=site.site_id,
         n_train=len(data.train),
         batch_size=training.batch_size,
         local_epochs=training.local_epochs,
         rounds=training.rounds,
     )
-    store = AccountantStore(
-        site.state_dir / "privacy" / f"run-{context.run_id}.json", accountant=privacy.accountant
+    check_noise(policy, privacy, site=site.site_id)
+    books = PrivacyBooks(
+        site.state_dir, site=site.site_id, fingerprint=dataset_fingerprint(data),
+        accountant=privacy.accountant, key=_signing_key(site),
     )
-    history = store.load()
-    check_budget(privacy, history, site=site.site_id)
+    history = books.spent()
+    check_budget(privacy, history, site=site.site_id, budget=policy.max_epsilon)
 
-    model = _model(msg, plan)
+    received = state_from_arrays(msg.content[Key.ARRAYS])
+    model = _model(plan, received)
     server_round = int(msg.content[Key.CONFIG][Key.SERVER_ROUND])
     torch.manual_seed(training.seed * 1_000_003 + server_round)
     outcome = train_private(
@@ -160,13 +206,34 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
         proximal_mu=training.proximal_mu if training.strategy == "fedprox" else 0.0,
         device=select_device(training.device),
     )
-    store.save(outcome.history)  # the spend is on disk before anything leaves the site
+    update = float_state(model)
+    first_in_run = all(e.run_id != str(context.run_id) for e in books.entries())
+    entry = books.record(  # the spend is signed and on disk before anything leaves the site
+        site=site.site_id,
+        run_id=str(context.run_id),
+        round=server_round,
+        n_records=len(data.train),
+        model_hash=hash_state(received),
+        update_hash=hash_state(update),
+        noise_multiplier=privacy.noise_multiplier,
+        sample_rate=privacy.sample_rate,
+        steps=outcome.steps,
+        max_grad_norm=privacy.max_grad_norm,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        epsilon=outcome.epsilon,
+        budget_epsilon=policy.max_epsilon,
+    )
+    # A run's first reply carries the site's whole ledger so auditors can recompute the
+    # spend of earlier runs too; later replies carry the new entry.
+    shared = books.entries() if first_in_run else [entry]
     metrics = MetricRecord(
         {
             Key.NUM_EXAMPLES: len(data.train),
             Key.TRAIN_LOSS: outcome.loss,
             Key.EPSILON: outcome.epsilon,
             Key.DELTA: privacy.delta,
+            Key.BUDGET_EPSILON: policy.max_epsilon,
             Key.NOISE_MULTIPLIER: privacy.noise_multiplier,
             Key.SAMPLE_RATE: privacy.sample_rate,
             Key.STEPS: outcome.steps,
@@ -174,12 +241,15 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
             Key.SECONDS: time.perf_counter() - started,
         }
     )
-    content = RecordDict(
+    site_record = ConfigRecord(
         {
-            Key.ARRAYS: arrays_from_state(float_state(model)),
-            Key.METRICS: metrics,
-            Key.SITE: ConfigRecord({Key.SITE_ID: site.site_id}),
+            Key.SITE_ID: site.site_id,
+            Key.LEDGER: [e.to_line() for e in shared],
+            Key.PUBLIC_KEY: public_key_pem(books.key),
         }
+    )
+    content = RecordDict(
+        {Key.ARRAYS: arrays_from_state(update), Key.METRICS: metrics, Key.SITE: site_record}
     )
     return Message(content=content, reply_to=msg)
 
@@ -188,7 +258,7 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     started = time.perf_counter()
     plan = decode_plan(msg.content[Key.CONFIG])
     data = _load(site, plan)
-    model = _model(msg, plan)
+    model = _model(plan, state_from_arrays(msg.content[Key.ARRAYS]))
     labels = data.test.labels.numpy()
     scores = predict_scores(model, data.test.images, device=select_device(plan.training.device))
     loss = torch.nn.functional.binary_cross_entropy(

@@ -54,11 +54,24 @@ def calibrate_noise(
 
 
 class AccountantStore:
-    """The history file of one site for one run: loaded before and saved after training."""
+    """A site's privacy history file: loaded before and saved after training.
+
+    Beside the history it keeps the hash of the ledger entry it was last saved with, so
+    the site can tell a state file that was edited, or lost entries, from a crash
+    between appending a ledger entry and saving this file.
+    """
 
     def __init__(self, path: Path, *, accountant: str) -> None:
         self.path = path
         self.accountant = accountant
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def ledger_head(self) -> str | None:
+        """The ledger entry hash saved with the history (None when never saved with one)."""
+        self.load()  # validates the file
+        return json.loads(self.path.read_text(encoding="utf-8")).get("ledger_head") if self.exists() else None
 
     def load(self) -> list[MechanismStep]:
         """The recorded history; empty when the site has not trained yet.
@@ -88,12 +101,13 @@ class AccountantStore:
                 "rather than restart the spend at zero"
             ) from None
 
-    def save(self, history: list[MechanismStep]) -> None:
+    def save(self, history: list[MechanismStep], *, ledger_head: str | None = None) -> None:
         """Write atomically: a crash leaves the old file or the new one, never half of one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "accountant": self.accountant,
             "history": [[s.noise_multiplier, s.sample_rate, s.steps] for s in history],
+            "ledger_head": ledger_head,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".accountant-")
         try:

@@ -80,17 +80,23 @@ BUDGET_TOLERANCE = 0.02
 """Slack on the budget check: accountants are numerical (Opacus PRV: eps_error 0.01)."""
 
 
-def check_budget(plan: PrivacyPlan, history: list[MechanismStep], *, site: str) -> float:
+def check_budget(
+    plan: PrivacyPlan, history: list[MechanismStep], *, site: str, budget: float | None = None
+) -> float:
     """Epsilon after one more round; refuse before training if it would exceed the budget.
 
+    ``budget`` is the site's own limit for its dataset (its policy); without it, the
+    run's target epsilon is the limit.
+
     Raises:
-        PrivacyError: the round would take the site past its target epsilon.
+        PrivacyError: the round would take the site past its budget.
     """
+    limit = plan.budget_epsilon if budget is None else budget
     projected = epsilon_of([*history, plan.round_step()], delta=plan.delta, accountant=plan.accountant)
-    if plan.budget_epsilon is not None and projected > plan.budget_epsilon + BUDGET_TOLERANCE:
+    if limit is not None and projected > limit + BUDGET_TOLERANCE:
         spent = epsilon_of(history, delta=plan.delta, accountant=plan.accountant)
         raise PrivacyError(
             f"site {site}: another round would spend epsilon {projected:.3f}, over the budget "
-            f"{plan.budget_epsilon:g} (already spent {spent:.3f}); refusing to train"
+            f"{limit:g} for this dataset (already spent {spent:.3f}); refusing to train"
         )
     return projected

@@ -20,10 +20,12 @@ import numpy as np
 from fedmed import __version__
 from fedmed.config import ExperimentConfig
 from fedmed.evaluation import roc_auc_from_histograms
+from fedmed.privacy.audit import privacy_statement
 
 RESULTS_FILE = "results.json"
 PROGRESS_FILE = "progress.jsonl"
 MODEL_FILE = "model.pt"
+LEDGERS_DIR = "ledgers"
 
 
 @dataclass
@@ -44,6 +46,8 @@ class RunRecorder:
         self.rounds: dict[int, RoundRecord] = {}
         self.started = time.time()
         self._histograms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._ledgers: dict[str, dict[int, str]] = {}
+        self._public_keys: dict[str, str] = {}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / PROGRESS_FILE).write_text("", encoding="utf-8")
         self.emit("start", rounds=config.training.rounds, sites=config.data.sites)
@@ -58,6 +62,23 @@ class RunRecorder:
 
     def record_train(self, server_round: int, site: str, metrics: dict[str, float]) -> None:
         self._round(server_round).train[site] = metrics
+
+    def record_ledger(self, site: str, lines: list[str], public_key_pem: str) -> None:
+        """Keep the consortium's copy of a site's ledger: ledgers/<site>.jsonl and .pub.
+
+        Entries are kept by index, so a site resending its ledger adds nothing twice. The
+        copy is written as it arrives; whether it verifies is for ``fedmed audit`` to say.
+        """
+        known = self._public_keys.setdefault(site, public_key_pem)
+        if known != public_key_pem:
+            self.emit("warning", site=site, reason="site changed its public key during the run")
+        ledger = self._ledgers.setdefault(site, {})
+        for line in lines:
+            ledger[int(json.loads(line)["index"])] = line
+        folder = self.out_dir / LEDGERS_DIR
+        folder.mkdir(exist_ok=True)
+        (folder / f"{site}.jsonl").write_text("".join(ledger[i] + "\n" for i in sorted(ledger)), encoding="utf-8")
+        (folder / f"{site}.pub").write_text(known, encoding="utf-8")
 
     def record_evaluate(
         self, server_round: int, site: str, metrics: dict[str, float | None],
@@ -126,6 +147,7 @@ class RunRecorder:
         last_train = trained[-1] if trained else {}
         last_eval = evaluated[-1] if evaluated else {}
         return {
+            "privacy": self._privacy_section(site),
             "rounds_trained": len(trained),
             "n_train": last_train.get("num_examples"),
             "n_test": last_eval.get("num_examples"),
@@ -147,6 +169,27 @@ class RunRecorder:
         write_json_atomic(path, self.results(status=status, reason=reason))
         self.emit("end", status=status, reason=reason, global_auroc=self.pooled_auroc())
         return path
+
+
+    def _privacy_section(self, site: str) -> dict[str, Any] | None:
+        """The site's guarantee, from its latest ledger entry, in the audit's own words."""
+        ledger = self._ledgers.get(site)
+        if not ledger:
+            return None
+        last = json.loads(ledger[max(ledger)])
+        return {
+            "statement": privacy_statement(
+                site=site, epsilon=last["epsilon"], delta=last["delta"], n_records=last["n_records"],
+                budget_epsilon=last["budget_epsilon"], accountant=last["accountant"],
+            ),
+            "epsilon": last["epsilon"],
+            "delta": last["delta"],
+            "budget_epsilon": last["budget_epsilon"],
+            "n_records": last["n_records"],
+            "accountant": last["accountant"],
+            "dataset_fingerprint": last["dataset_fingerprint"],
+            "ledger": f"{LEDGERS_DIR}/{site}.jsonl",
+        }
 
 
 def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:

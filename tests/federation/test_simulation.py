@@ -23,7 +23,17 @@ from fedmed.models import create_model, load_float_state
 FEDMED = [sys.executable, "-m", "fedmed"]
 
 
-def write_config(path: Path, data_root: Path, **privacy: object) -> Path:
+def write_policy(path: Path, **terms: object) -> Path:
+    policy = {"max_epsilon": 6.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3, **terms}
+    path.write_text(yaml.safe_dump(policy), encoding="utf-8")
+    return path
+
+
+def write_config(
+    path: Path, data_root: Path, *, policy: dict[str, object] | None = None, **privacy: object
+) -> Path:
+    """A tiny experiment whose hospitals keep their books (and policy) in ``path``'s folder."""
+    folder = path.parent
     config = {
         "name": "tiny",
         "data": {"root": str(data_root), "sites": ["site-a", "site-b", "site-c"], "image_size": 32},
@@ -33,6 +43,10 @@ def write_config(path: Path, data_root: Path, **privacy: object) -> Path:
             "momentum": 0.5, "min_sites": 2,
         },
         "privacy": {"target_epsilon": 6.0, "delta": 1e-3, "max_grad_norm": 1.0, **privacy},
+        "simulation": {
+            "site_policy": str(write_policy(folder / "site-policy.yaml", **(policy or {}))),
+            "state_root": str(folder / "hospital-state"),
+        },
     }
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -98,13 +112,32 @@ def test_broken_site_refuses_with_its_reason_and_the_rest_carry_on(
     assert "site-c" in completed.stdout
 
 
-def test_privacy_history_is_on_the_site_disk(federation: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+def test_privacy_books_are_on_the_site_disk(federation: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, out = federation
-    histories = list((out / "sites" / "site-a" / "privacy").glob("run-*.json"))
-    assert len(histories) == 1
+    books = out.parent / "hospital-state" / "site-a"
+    histories = list((books / "privacy").glob("*.json"))
+    assert len(histories) == 1  # one dataset
     recorded = json.loads(histories[0].read_text())
     assert recorded["accountant"] == "prv"
     assert sum(steps for _, _, steps in recorded["history"]) > 0
+    assert len((books / "ledger.jsonl").read_text().splitlines()) == 3
+    assert (books / "keys" / "site-ed25519.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_run_folder_passes_the_audit_and_states_the_guarantee(
+    federation: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _, out = federation
+    audited = subprocess.run([*FEDMED, "audit", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    report = json.loads(audited.stdout)
+    assert report["verdict"] == "pass"
+    assert sorted(s["site"] for s in report["sites"]) == ["site-a", "site-b"]
+    results = json.loads((out / "results.json").read_text())
+    for site in report["sites"]:
+        privacy = results["sites"][site["site"]]["privacy"]
+        assert privacy["statement"] == site["statement"]
+        assert privacy["epsilon"] == site["reported_epsilon"]
 
 
 def test_model_file_holds_the_float_weights(federation: tuple[subprocess.CompletedProcess[str], Path]) -> None:
@@ -115,7 +148,7 @@ def test_model_file_holds_the_float_weights(federation: tuple[subprocess.Complet
 
 
 def test_every_site_refusing_stops_the_run_cleanly(hospitals: Path, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "greedy-delta.yaml", hospitals, delta=0.5)
+    config = write_config(tmp_path / "greedy-delta.yaml", hospitals, policy={"delta": 0.5}, delta=0.5)
     completed = simulate(config, tmp_path / "out", tmp_path)
     assert completed.returncode == 1
     results = json.loads((tmp_path / "out" / "results.json").read_text())

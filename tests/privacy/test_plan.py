@@ -146,7 +146,7 @@ def test_budget_allows_the_planned_rounds_and_refuses_the_next(
     assert projected[-1] == pytest.approx(epsilon_of(history, delta=plan.delta, accountant=plan.accountant))
     pattern = (
         r"site site-b: another round would spend epsilon \d+\.\d{3}, "
-        rf"over the budget {target:g} \(already spent"
+        rf"over the budget {target:g} for this dataset \(already spent"
     )
     with pytest.raises(PrivacyError, match=pattern) as caught:
         check_budget(plan, history, site="site-b")

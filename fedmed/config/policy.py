@@ -1,0 +1,54 @@
+"""A hospital's own privacy policy: what it agrees to, read from its own disk.
+
+The server never sends this file or its path: a site's node config names it. Every
+round the site checks the server's requested terms against it before touching data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError
+
+from fedmed.config.loader import format_validation_error, read_yaml_mapping
+from fedmed.config.schema import AccountantName, Section
+from fedmed.errors import ConfigError
+from fedmed.models import check_model_name
+
+
+class SitePolicy(Section):
+    """The terms one hospital accepts for DP training on one dataset."""
+
+    max_epsilon: Annotated[float, Field(gt=0)]
+    """Total budget for this site's dataset, over every round of every run."""
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    """The site keeps its books at this delta; it must stay below 1/N of its records."""
+    accountant: AccountantName = AccountantName.PRV
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    """Largest per-sample clip norm accepted."""
+    min_noise_multiplier: Annotated[float, Field(gt=0)]
+    """Smallest noise multiplier accepted."""
+    allowed_models: list[str] | None = None
+    """Networks the site will train; None allows every registered one."""
+    max_local_epochs: Annotated[int, Field(ge=1)] | None = None
+
+
+def load_site_policy(path: str | Path) -> SitePolicy:
+    """Read and validate a site policy.
+
+    Raises:
+        ConfigError: the file is missing or invalid; the message names file and key.
+    """
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    try:
+        policy = SitePolicy.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(path, error, SitePolicy)) from None
+    for name in policy.allowed_models or []:
+        try:
+            check_model_name(name)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: allowed_models: {error}") from None
+    return policy

@@ -1,0 +1,92 @@
+"""A site's privacy books for one dataset: the accountant state, cross-checked with the ledger.
+
+Two records of the spend live on the site's disk: the accountant state file (the
+history Opacus resumes from) and the signed, hash-chained ledger. Before training they
+must agree. A state file that is missing while the ledger has entries, that was edited,
+or that points at a ledger entry which is gone, refuses training: restarting the spend
+at zero would be the silent failure. The one disagreement that is repaired is the one a
+crash leaves: the ledger entry appended, the state file not yet saved. The ledger is
+signed and can only raise the spend, so the state is brought forward to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedmed.errors import PrivacyError
+from fedmed.privacy.accountant import AccountantStore, MechanismStep
+from fedmed.privacy.ledger import LedgerEntry, append_entry, history_for, verify_ledger_file
+
+log = logging.getLogger("fedmed.privacy")
+
+LEDGER_FILE = "ledger.jsonl"
+
+
+class PrivacyBooks:
+    """Spend on one dataset (by fingerprint) at one site, kept in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, *, site: str, fingerprint: str, accountant: str, key: Ed25519PrivateKey) -> None:
+        self.site = site
+        self.fingerprint = fingerprint
+        self.key = key
+        self.ledger_path = state_dir / LEDGER_FILE
+        self.store = AccountantStore(state_dir / "privacy" / f"{fingerprint}.json", accountant=accountant)
+
+    def entries(self) -> list[LedgerEntry]:
+        """The site's whole ledger, verified against its own key.
+
+        Raises:
+            PrivacyError: the ledger is broken (edited, reordered, torn, badly signed).
+        """
+        return verify_ledger_file(self.ledger_path, self.key.public_key())
+
+    def spent(self) -> list[MechanismStep]:
+        """The verified history for this dataset.
+
+        Raises:
+            PrivacyError: the state file and the ledger disagree in a way a crash cannot
+                explain; the message says which and how to recover.
+        """
+        mine = [e for e in self.entries() if e.dataset_fingerprint == self.fingerprint]
+        ledger_history = history_for(mine, self.fingerprint)
+        where = f"site {self.site}: privacy state {self.store.path}"
+        if not self.store.exists():
+            if mine:
+                raise PrivacyError(
+                    f"{where} is missing, but the ledger records {len(mine)} round(s) on this "
+                    "dataset; refusing to train rather than restart the spend at zero (restore "
+                    "the state file from backup)"
+                )
+            return []
+        history, head = self.store.load(), self.store.ledger_head()
+        if not mine:
+            if history:
+                raise PrivacyError(
+                    f"{where} records spend but the ledger {self.ledger_path} has none for "
+                    "this dataset: the ledger was lost or replaced; refusing to train"
+                )
+            return []
+        hashes = [e.entry_hash for e in mine]
+        if head not in hashes or history_for(mine[: hashes.index(head) + 1], self.fingerprint) != history:
+            raise PrivacyError(
+                f"{where} does not match the signed ledger (the state was edited, or ledger "
+                "entries were removed); refusing to train"
+            )
+        if head != hashes[-1]:
+            log.warning("%s is behind the ledger (a crash after logging a round); catching up", where)
+            self.store.save(ledger_history, ledger_head=hashes[-1])
+        return ledger_history
+
+    def record(self, **fields: object) -> LedgerEntry:
+        """Log one trained round: append the signed ledger entry, then save the state.
+
+        The order matters: a crash between the two leaves the ledger ahead, which
+        ``spent`` repairs; the reverse order could leave spend with no signed record.
+        """
+        entry = append_entry(self.ledger_path, self.key, dataset_fingerprint=self.fingerprint, **fields)
+        mine = [e for e in self.entries() if e.dataset_fingerprint == self.fingerprint]
+        self.store.save(history_for(mine, self.fingerprint), ledger_head=entry.entry_hash)
+        return entry

@@ -1,0 +1,57 @@
+"""Does the server ask for anything the hospital's policy does not allow?"""
+
+from __future__ import annotations
+
+from fedmed.config import PrivacyConfig, SitePolicy
+from fedmed.errors import PrivacyError
+from fedmed.privacy.plan import PrivacyPlan
+
+
+def check_terms(
+    policy: SitePolicy,
+    *,
+    site: str,
+    requested: PrivacyConfig,
+    model: str,
+    local_epochs: int,
+) -> None:
+    """Refuse, listing every violation, when the requested terms fall outside the policy.
+
+    Raises:
+        PrivacyError: any term is outside the policy; nothing is trained or sent.
+    """
+    problems = []
+    if requested.delta > policy.delta:
+        problems.append(f"delta {requested.delta:g} is above the policy's {policy.delta:g}")
+    if requested.accountant != policy.accountant:
+        problems.append(
+            f"accountant {requested.accountant.value} differs from the policy's {policy.accountant.value}"
+        )
+    if requested.max_grad_norm > policy.max_grad_norm:
+        problems.append(
+            f"clip norm {requested.max_grad_norm:g} is above the policy's {policy.max_grad_norm:g}"
+        )
+    if requested.noise_multiplier is not None and requested.noise_multiplier < policy.min_noise_multiplier:
+        problems.append(
+            f"noise multiplier {requested.noise_multiplier:g} is below the policy's "
+            f"{policy.min_noise_multiplier:g}"
+        )
+    if policy.allowed_models is not None and model not in policy.allowed_models:
+        problems.append(f"model {model} is not among the policy's allowed_models")
+    if policy.max_local_epochs is not None and local_epochs > policy.max_local_epochs:
+        problems.append(f"{local_epochs} local epochs exceed the policy's {policy.max_local_epochs}")
+    if problems:
+        raise PrivacyError(f"site {site} refuses the server's terms: {'; '.join(problems)}")
+
+
+def check_noise(policy: SitePolicy, plan: PrivacyPlan, *, site: str) -> None:
+    """Refuse a derived noise multiplier below the policy's minimum.
+
+    Raises:
+        PrivacyError: the calibrated noise is too small for the policy.
+    """
+    if plan.noise_multiplier < policy.min_noise_multiplier:
+        raise PrivacyError(
+            f"site {site} refuses the server's terms: the run's target epsilon needs noise "
+            f"multiplier {plan.noise_multiplier:.3f}, below the policy's {policy.min_noise_multiplier:g}"
+        )
