@@ -39,7 +39,7 @@ def simulate(
         console.print(f"Flower's log: {out / 'flower.log'}")
         raise typer.Exit(1)
     print_results(results)
-    console.print(f"{status.status} in {elapsed:.0f} s; results in {out / 'results.json'}")
+    console.print(f"run {results['status']} in {elapsed:.0f} s; results in {out / 'results.json'}")
     if results["status"] != "completed":
         console.print(f"[bold red]stopped:[/] {results['status_reason']}")
         raise typer.Exit(1)
