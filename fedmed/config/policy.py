@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from fedmed.config.loader import format_validation_error, read_yaml_mapping
 from fedmed.config.schema import AccountantName, Section
-from fedmed.errors import ConfigError
-from fedmed.models import check_model_name
+from fedmed.errors import ConfigError, did_you_mean
+from fedmed.models import available_models
 
 
 class SitePolicy(Section):
@@ -33,6 +33,16 @@ class SitePolicy(Section):
     """Networks the site will train; None allows every registered one."""
     max_local_epochs: Annotated[int, Field(ge=1)] | None = None
 
+    @field_validator("allowed_models")
+    @classmethod
+    def _registered(cls, names: list[str] | None) -> list[str] | None:
+        known = available_models()
+        unknown = [f"'{name}'{did_you_mean(name, known)}" for name in names or [] if name not in known]
+        if unknown:
+            noun = "model" if len(unknown) == 1 else "models"
+            raise ValueError(f"unknown {noun} {', '.join(unknown)}; available models: {', '.join(known)}")
+        return names
+
 
 def load_site_policy(path: str | Path) -> SitePolicy:
     """Read and validate a site policy.
@@ -46,9 +56,4 @@ def load_site_policy(path: str | Path) -> SitePolicy:
         policy = SitePolicy.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_validation_error(path, error, SitePolicy)) from None
-    for name in policy.allowed_models or []:
-        try:
-            check_model_name(name)
-        except ConfigError as error:
-            raise ConfigError(f"{path}: allowed_models: {error}") from None
     return policy

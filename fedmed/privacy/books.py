@@ -60,22 +60,24 @@ class PrivacyBooks:
                     "dataset; refusing to train rather than restart the spend at zero (restore "
                     "the state file from backup)"
                 )
+            # Open the books before the first entry, so that a crash right after that
+            # entry is told apart from a state file deleted later.
+            self.store.save([], ledger_head=None)
             return []
         history, head = self.store.load(), self.store.ledger_head()
-        if not mine:
-            if history:
-                raise PrivacyError(
-                    f"{where} records spend but the ledger {self.ledger_path} has none for "
-                    "this dataset: the ledger was lost or replaced; refusing to train"
-                )
-            return []
+        if history and not mine:
+            raise PrivacyError(
+                f"{where} records spend but the ledger {self.ledger_path} has none for "
+                "this dataset: the ledger was lost or replaced; refusing to train"
+            )
         hashes = [e.entry_hash for e in mine]
-        if head not in hashes or history_for(mine[: hashes.index(head) + 1], self.fingerprint) != history:
+        logged = 0 if head is None else hashes.index(head) + 1 if head in hashes else None
+        if logged is None or history_for(mine[:logged], self.fingerprint) != history:
             raise PrivacyError(
                 f"{where} does not match the signed ledger (the state was edited, or ledger "
                 "entries were removed); refusing to train"
             )
-        if head != hashes[-1]:
+        if logged < len(mine):
             log.warning("%s is behind the ledger (a crash after logging a round); catching up", where)
             self.store.save(ledger_history, ledger_head=hashes[-1])
         return ledger_history

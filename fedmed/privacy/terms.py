@@ -53,5 +53,5 @@ def check_noise(policy: SitePolicy, plan: PrivacyPlan, *, site: str) -> None:
     if plan.noise_multiplier < policy.min_noise_multiplier:
         raise PrivacyError(
             f"site {site} refuses the server's terms: the run's target epsilon needs noise "
-            f"multiplier {plan.noise_multiplier:.3f}, below the policy's {policy.min_noise_multiplier:g}"
+            f"multiplier {plan.noise_multiplier:.4g}, below the policy's {policy.min_noise_multiplier:.4g}"
         )

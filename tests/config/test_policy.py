@@ -176,10 +176,10 @@ def test_invalid_policy_names_file_and_key(tmp_path: Path, text: str, patterns: 
     [
         (
             "[small_cnn, densenet12]",
-            r": allowed_models: unknown model 'densenet12' \(did you mean 'densenet121'\?\); "
+            r": invalid configuration\n  allowed_models: unknown model 'densenet12' \(did you mean 'densenet121'\?\); "
             r"available models: densenet121, small_cnn$",
         ),
-        ("[resnet50]", r": allowed_models: unknown model 'resnet50'; available models: densenet121, small_cnn$"),
+        ("[resnet50]", r": invalid configuration\n  allowed_models: unknown model 'resnet50'; available models: densenet121, small_cnn$"),
     ],
     ids=["did-you-mean", "no-close-match"],
 )
@@ -210,14 +210,6 @@ def test_several_errors_in_one_message(tmp_path: Path) -> None:
     assert len(message.splitlines()) == 5  # header + four problems
 
 
-@pytest.mark.xfail(
-    reason=(
-        "load_site_policy checks allowed_models only after pydantic validation and stops at the "
-        "first unknown name: a second unknown model, or an unknown model next to another invalid "
-        "key, is only reported once the first problem is fixed (not 'all problems in one error')"
-    ),
-    strict=True,
-)
 @pytest.mark.parametrize(
     "extra, expected",
     [

@@ -40,7 +40,9 @@ def open_books(
     return PrivacyBooks(state_dir, site=SITE, fingerprint=fingerprint, accountant=accountant, key=key)
 
 
-def round_fields(round_: int, *, noise: float = 1.1, sample_rate: float = 0.125, steps: int = 8, **overrides: Any) -> dict[str, Any]:
+def round_fields(
+    round_: int, *, noise: float = 1.1, sample_rate: float = 0.125, steps: int = 8, **overrides: Any
+) -> dict[str, Any]:
     """What the site logs for one trained round (everything but the dataset fingerprint)."""
     fields = {
         "site": SITE,
@@ -84,7 +86,8 @@ def test_fresh_books_have_spent_nothing(state_dir: Path, key: Ed25519PrivateKey)
     books = open_books(state_dir, key)
     assert books.spent() == []
     assert books.entries() == []
-    assert not books.store.exists() and not books.ledger_path.exists()
+    assert not books.ledger_path.exists()
+    assert books.store.load() == [] and books.store.ledger_head() is None  # the books are open
 
 
 def test_files_live_in_the_state_dir(state_dir: Path, key: Ed25519PrivateKey) -> None:
@@ -296,7 +299,9 @@ def test_recording_continues_after_a_caught_up_crash(state_dir: Path, key: Ed255
     assert [e.round for e in books.entries()] == [1, 2, 3]
 
 
-def test_record_after_crash_without_spent_still_saves_the_whole_history(state_dir: Path, key: Ed25519PrivateKey) -> None:
+def test_record_after_crash_without_spent_still_saves_the_whole_history(
+    state_dir: Path, key: Ed25519PrivateKey
+) -> None:
     books = open_books(state_dir, key)
     record(books, 1)
     crash_after_ledger(books, 2, noise=0.9)
@@ -315,19 +320,20 @@ def test_state_rolled_back_to_an_earlier_head_is_brought_forward(state_dir: Path
     assert books.spent() == [MechanismStep(1.1, 0.125, 8), MechanismStep(0.9, 0.125, 8)]
 
 
-@pytest.mark.xfail(
-    reason=(
-        "a kill between append_entry and the first state save of a dataset leaves no state file, "
-        "which spent() cannot tell from a deleted one: it refuses ('is missing ... restore the state "
-        "file from backup') although no state file ever existed, so the crash that books.py says is "
-        "repaired is not repaired on a dataset's first round"
-    ),
-    strict=True,
-)
 def test_crash_in_the_first_round_is_caught_up(state_dir: Path, key: Ed25519PrivateKey) -> None:
     books = open_books(state_dir, key)
+    assert books.spent() == []  # the site opens its books before its first round
     crash_after_ledger(books, 1)
     assert books.spent() == [MechanismStep(1.1, 0.125, 8)]
+
+
+def test_state_deleted_after_the_first_round_refuses(state_dir: Path, key: Ed25519PrivateKey) -> None:
+    books = open_books(state_dir, key)
+    books.spent()
+    crash_after_ledger(books, 1)
+    books.store.path.unlink()
+    with pytest.raises(PrivacyError, match="is missing, but the ledger records 1 round"):
+        books.spent()
 
 
 # ---------------------------------------------------------------- several datasets, one ledger
@@ -359,7 +365,9 @@ def test_one_datasets_lost_state_does_not_affect_another(state_dir: Path, key: E
         second.spent()
 
 
-def test_crash_on_one_dataset_is_caught_up_past_another_datasets_entries(state_dir: Path, key: Ed25519PrivateKey) -> None:
+def test_crash_on_one_dataset_is_caught_up_past_another_datasets_entries(
+    state_dir: Path, key: Ed25519PrivateKey
+) -> None:
     first = open_books(state_dir, key, FINGERPRINT)
     second = open_books(state_dir, key, OTHER_FINGERPRINT)
     record(first, 1)

@@ -38,7 +38,9 @@ def request(**overrides: Any) -> PrivacyConfig:
     return PrivacyConfig.model_validate({**fields, **overrides})
 
 
-def check(requested: PrivacyConfig, *, model: str = "small_cnn", local_epochs: int = 1, policy: SitePolicy = POLICY) -> None:
+def check(
+    requested: PrivacyConfig, *, model: str = "small_cnn", local_epochs: int = 1, policy: SitePolicy = POLICY
+) -> None:
     check_terms(policy, site=SITE, requested=requested, model=model, local_epochs=local_epochs)
 
 
@@ -175,7 +177,7 @@ def test_check_noise_accepts_noise_at_or_above_the_minimum(noise: float) -> None
 
 @pytest.mark.parametrize(
     "noise, shown",
-    [(0.4994, "0.499"), (0.25, "0.250"), (0.01234, "0.012")],
+    [(0.4994, "0.4994"), (0.25, "0.25"), (0.01234, "0.01234")],
     ids=["just-below", "half", "tiny"],
 )
 def test_check_noise_refuses_noise_below_the_minimum(noise: float, shown: str) -> None:
