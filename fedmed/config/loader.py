@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from fedmed.config.schema import ExperimentConfig
 from fedmed.errors import ConfigError, did_you_mean
+
+Schema = TypeVar("Schema", bound=BaseModel)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -23,12 +25,16 @@ def load_config(path: str | Path) -> ExperimentConfig:
             the message names the file and every offending key.
     """
     path = Path(path)
+    return resolve_paths(load_yaml_as(path, ExperimentConfig), path.resolve().parent)
+
+
+def load_yaml_as(path: Path, schema: type[Schema]) -> Schema:
+    """Parse ``path`` and validate it against ``schema``, every problem in one ConfigError."""
     raw = read_yaml_mapping(path)
     try:
-        config = ExperimentConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(path, error, ExperimentConfig)) from None
-    return resolve_paths(config, path.resolve().parent)
+        raise ConfigError(format_validation_error(path, error, schema)) from None
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from fedmed.config.loader import format_validation_error, read_yaml_mapping
+from fedmed.config.loader import load_yaml_as
 from fedmed.config.schema import AccountantName, Section
-from fedmed.errors import ConfigError, did_you_mean
+from fedmed.errors import did_you_mean
 from fedmed.models import available_models
 
 
@@ -50,10 +50,4 @@ def load_site_policy(path: str | Path) -> SitePolicy:
     Raises:
         ConfigError: the file is missing or invalid; the message names file and key.
     """
-    path = Path(path)
-    raw = read_yaml_mapping(path)
-    try:
-        policy = SitePolicy.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(path, error, SitePolicy)) from None
-    return policy
+    return load_yaml_as(Path(path), SitePolicy)
