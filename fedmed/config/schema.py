@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fedmed.models import check_model_name
 
-
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
 """Side of the square model input, in pixels."""
 

@@ -3,9 +3,20 @@ synthetic hospitals for tests and demos."""
 
 from fedmed.data.cache import PREPROCESSING_VERSION, ImageCache, default_cache_dir
 from fedmed.data.check import FileReport, FolderReport, check_folder, render_report
-from fedmed.data.dataset import ImageSet, SiteData, SkippedFile, load_site_data, read_manifest
+from fedmed.data.dataset import (
+    ImageSet,
+    SiteData,
+    SkippedFile,
+    load_site_data,
+    read_manifest,
+)
+from fedmed.data.dicom import (
+    DicomMetadata,
+    DicomReadError,
+    read_dicom_image,
+    read_dicom_metadata,
+)
 from fedmed.data.fingerprint import dataset_fingerprint
-from fedmed.data.dicom import DicomMetadata, DicomReadError, read_dicom_image, read_dicom_metadata
 from fedmed.data.synth import SITE_PROFILES, SiteProfile, synthesize_hospitals
 
 __all__ = [

@@ -18,7 +18,12 @@ from rich.table import Table
 from rich.text import Text
 
 from fedmed.data.dataset import MANIFEST_NAME, read_manifest
-from fedmed.data.dicom import DicomMetadata, DicomReadError, read_dicom_image, read_dicom_metadata
+from fedmed.data.dicom import (
+    DicomMetadata,
+    DicomReadError,
+    read_dicom_image,
+    read_dicom_metadata,
+)
 from fedmed.errors import DataError
 
 __all__ = ["FileReport", "FolderReport", "age_band", "check_folder", "render_report"]

@@ -18,7 +18,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedmed.data.cache import ImageCache
-from fedmed.data.dicom import DicomMetadata, DicomReadError, read_dicom_image, read_dicom_metadata
+from fedmed.data.dicom import (
+    DicomMetadata,
+    DicomReadError,
+    read_dicom_image,
+    read_dicom_metadata,
+)
 from fedmed.errors import DataError
 
 __all__ = [

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from fedmed.config import DeviceName, SitePolicy, load_config, load_site_policy
 from fedmed.data import SiteData, dataset_fingerprint, default_cache_dir, load_site_data
@@ -37,7 +36,11 @@ from fedmed.privacy import check_budget, plan_privacy, train_private
 from fedmed.privacy.books import PrivacyBooks
 from fedmed.privacy.ledger import hash_state
 from fedmed.privacy.terms import check_noise, check_terms
-from fedmed.secure.keys import load_or_create_signing_key, load_signing_key, public_key_pem
+from fedmed.secure.keys import (
+    load_or_create_signing_key,
+    load_signing_key,
+    public_key_pem,
+)
 
 log = logging.getLogger("fedmed.site")
 
@@ -207,7 +210,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
         device=select_device(training.device),
     )
     update = float_state(model)
-    first_in_run = all(e.run_id != str(context.run_id) for e in books.entries())
+    first_in_run = all(e.run_id != str(context.run_id) for e in books.verified)
     entry = books.record(  # the spend is signed and on disk before anything leaves the site
         site=site.site_id,
         run_id=str(context.run_id),
@@ -226,7 +229,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     )
     # A run's first reply carries the site's whole ledger so auditors can recompute the
     # spend of earlier runs too; later replies carry the new entry.
-    shared = books.entries() if first_in_run else [entry]
+    shared = books.verified if first_in_run else [entry]
     metrics = MetricRecord(
         {
             Key.NUM_EXAMPLES: len(data.train),

@@ -70,18 +70,21 @@ class AccountantStore:
 
     def ledger_head(self) -> str | None:
         """The ledger entry hash saved with the history (None when never saved with one)."""
-        self.load()  # validates the file
-        return json.loads(self.path.read_text(encoding="utf-8")).get("ledger_head") if self.exists() else None
+        return self.load_state()[1]
 
     def load(self) -> list[MechanismStep]:
-        """The recorded history; empty when the site has not trained yet.
+        """The recorded history; empty when the site has not trained yet."""
+        return self.load_state()[0]
+
+    def load_state(self) -> tuple[list[MechanismStep], str | None]:
+        """The recorded history and the ledger head saved with it, from one read.
 
         Raises:
             PrivacyError: the file exists but cannot be read or was written by another
                 accountant; training must not continue from an unknown spend.
         """
         if not self.path.exists():
-            return []
+            return [], None
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             if raw["accountant"] != self.accountant:
@@ -92,7 +95,7 @@ class AccountantStore:
             history = [MechanismStep(float(s), float(q), int(n)) for s, q, n in raw["history"]]
             if any(s.noise_multiplier <= 0 or not 0 < s.sample_rate <= 1 or s.steps < 1 for s in history):
                 raise ValueError("a step has a non-positive noise, a sample rate outside (0, 1] or no steps")
-            return history
+            return history, raw.get("ledger_head")
         except PrivacyError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as error:

@@ -48,7 +48,12 @@ from rich.markup import escape
 
 from fedmed.errors import FedmedError
 from fedmed.privacy.accountant import MechanismStep
-from fedmed.privacy.ledger import LedgerEntry, history_for, read_unverified_entries, verify_entries
+from fedmed.privacy.ledger import (
+    LedgerEntry,
+    history_for,
+    read_unverified_entries,
+    verify_entries,
+)
 from fedmed.privacy.plan import BUDGET_TOLERANCE
 from fedmed.secure.keys import key_fingerprint, load_public_key_file
 

@@ -18,7 +18,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedmed.errors import PrivacyError
 from fedmed.privacy.accountant import AccountantStore, MechanismStep
-from fedmed.privacy.ledger import LedgerEntry, append_entry, history_for, verify_ledger_file
+from fedmed.privacy.ledger import (
+    LedgerEntry,
+    append_entry,
+    history_for,
+    verify_ledger_file,
+)
 
 log = logging.getLogger("fedmed.privacy")
 
@@ -34,6 +39,8 @@ class PrivacyBooks:
         self.key = key
         self.ledger_path = state_dir / LEDGER_FILE
         self.store = AccountantStore(state_dir / "privacy" / f"{fingerprint}.json", accountant=accountant)
+        self.verified: list[LedgerEntry] | None = None
+        """The ledger as ``spent`` verified it, kept current by ``record``."""
 
     def entries(self) -> list[LedgerEntry]:
         """The site's whole ledger, verified against its own key.
@@ -50,7 +57,8 @@ class PrivacyBooks:
             PrivacyError: the state file and the ledger disagree in a way a crash cannot
                 explain; the message says which and how to recover.
         """
-        mine = [e for e in self.entries() if e.dataset_fingerprint == self.fingerprint]
+        self.verified = self.entries()
+        mine = [e for e in self.verified if e.dataset_fingerprint == self.fingerprint]
         ledger_history = history_for(mine, self.fingerprint)
         where = f"site {self.site}: privacy state {self.store.path}"
         if not self.store.exists():
@@ -64,7 +72,7 @@ class PrivacyBooks:
             # entry is told apart from a state file deleted later.
             self.store.save([], ledger_head=None)
             return []
-        history, head = self.store.load(), self.store.ledger_head()
+        history, head = self.store.load_state()
         if history and not mine:
             raise PrivacyError(
                 f"{where} records spend but the ledger {self.ledger_path} has none for "
@@ -89,6 +97,11 @@ class PrivacyBooks:
         ``spent`` repairs; the reverse order could leave spend with no signed record.
         """
         entry = append_entry(self.ledger_path, self.key, dataset_fingerprint=self.fingerprint, **fields)
-        mine = [e for e in self.entries() if e.dataset_fingerprint == self.fingerprint]
-        self.store.save(history_for(mine, self.fingerprint), ledger_head=entry.entry_hash)
+        # append_entry verified the ledger before extending it; read it again only if the
+        # copy ``spent`` verified is not the ledger the entry was appended to
+        if self.verified is not None and entry.index == len(self.verified):
+            self.verified = [*self.verified, entry]
+        else:
+            self.verified = self.entries()
+        self.store.save(history_for(self.verified, self.fingerprint), ledger_head=entry.entry_hash)
         return entry

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from fedmed.data.check import FileReport, FolderReport, age_band, check_folder, render_report
+from fedmed.data.check import (
+    FileReport,
+    FolderReport,
+    age_band,
+    check_folder,
+    render_report,
+)
 from fedmed.data.synth import synthesize_hospitals
 from fedmed.errors import DataError
 

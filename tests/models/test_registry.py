@@ -19,9 +19,9 @@ from fedmed.models import (
     float_state,
     load_float_state,
     make_dp_compatible,
+    networks,
     register_model,
 )
-from fedmed.models import networks
 from fedmed.models import registry as registry_module
 
 IMAGE_SIZE = 32

@@ -11,7 +11,12 @@ import pytest
 
 from fedmed.errors import PrivacyError
 from fedmed.privacy import accountant as accountant_module
-from fedmed.privacy.accountant import AccountantStore, MechanismStep, calibrate_noise, epsilon_of
+from fedmed.privacy.accountant import (
+    AccountantStore,
+    MechanismStep,
+    calibrate_noise,
+    epsilon_of,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 

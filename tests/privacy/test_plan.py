@@ -10,7 +10,12 @@ import pytest
 from fedmed.config import AccountantName, PrivacyConfig
 from fedmed.errors import PrivacyError
 from fedmed.privacy.accountant import MechanismStep, epsilon_of
-from fedmed.privacy.plan import BUDGET_TOLERANCE, PrivacyPlan, check_budget, plan_privacy
+from fedmed.privacy.plan import (
+    BUDGET_TOLERANCE,
+    PrivacyPlan,
+    check_budget,
+    plan_privacy,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
