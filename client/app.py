@@ -3,7 +3,8 @@
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedmed.federation.site import evaluate_round, train_round
+from fedmed.federation.secure_rounds import ACTION
+from fedmed.federation.site import evaluate_round, secure_aggregation_round, train_round
 
 app = ClientApp()
 
@@ -11,6 +12,11 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     return train_round(msg, context)
+
+
+@app.train(ACTION)
+def secure_aggregation(msg: Message, context: Context) -> Message:
+    return secure_aggregation_round(msg, context)
 
 
 @app.evaluate()

@@ -32,6 +32,8 @@ class SitePolicy(Section):
     allowed_models: list[str] | None = None
     """Networks the site will train; None allows every registered one."""
     max_local_epochs: Annotated[int, Field(ge=1)] | None = None
+    require_secure_aggregation: bool = True
+    """Refuse to send an update the server could read; only a test bench should say false."""
 
     @field_validator("allowed_models")
     @classmethod

@@ -122,6 +122,13 @@ class PrivacyConfig(Section):
         return self
 
 
+class SecureAggregationConfig(Section):
+    """Masked updates: the server learns only the sum of the sites' updates."""
+
+    enabled: bool = True
+    """On unless a config turns it off; a site whose policy requires it refuses to train without."""
+
+
 class SimulationConfig(Section):
     """The virtual hospitals of Flower's simulation engine: resources and their own disks.
 
@@ -150,6 +157,7 @@ class ExperimentConfig(Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig
     privacy: PrivacyConfig
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
     simulation: SimulationConfig = SimulationConfig()
 
     @model_validator(mode="after")

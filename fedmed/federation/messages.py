@@ -14,7 +14,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from pydantic import ValidationError
 
-from fedmed.config import ExperimentConfig, ModelConfig, PrivacyConfig, TrainingConfig
+from fedmed.config import (
+    ExperimentConfig,
+    ModelConfig,
+    PrivacyConfig,
+    SecureAggregationConfig,
+    TrainingConfig,
+)
 from fedmed.config.schema import ImageSize, Section
 from fedmed.errors import ConfigError
 
@@ -51,13 +57,14 @@ class Key(StrEnum):
     CONFIG_PATH = "config-path"
     OUT_DIR = "out-dir"
     # node config: `partition-id` in simulation; at a hospital `site-id`, `data-dir`,
-    # `state-dir`, `policy-path` and optionally `cache-dir`, `signing-key`
+    # `state-dir`, `policy-path`, `manifest-path` and optionally `cache-dir`, `signing-key`
     PARTITION_ID = "partition-id"
     DATA_DIR = "data-dir"
     STATE_DIR = "state-dir"
     CACHE_DIR = "cache-dir"
     POLICY_PATH = "policy-path"
     SIGNING_KEY = "signing-key"
+    MANIFEST_PATH = "manifest-path"
 
 
 class ErrorCode(IntEnum):
@@ -74,6 +81,7 @@ class RoundPlan(Section):
     image_size: ImageSize
     training: TrainingConfig
     privacy: PrivacyConfig
+    secure_aggregation: SecureAggregationConfig
 
 
 def encode_plan(config: ExperimentConfig) -> ConfigRecord:
@@ -86,6 +94,7 @@ def encode_plan(config: ExperimentConfig) -> ConfigRecord:
         image_size=config.data.image_size,
         training=config.training,
         privacy=config.privacy,
+        secure_aggregation=config.secure_aggregation,
     )
     return ConfigRecord({Key.PLAN: plan.model_dump_json()})
 

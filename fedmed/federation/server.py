@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
@@ -23,8 +23,11 @@ from fedmed import __version__
 from fedmed.config import ExperimentConfig, load_config
 from fedmed.errors import FedmedError
 from fedmed.federation.messages import Key, encode_plan, state_from_arrays
+from fedmed.federation.secure_rounds import RECORD, Field, secure_aggregate
 from fedmed.models import create_model, float_state
 from fedmed.report import MODEL_FILE, RunRecorder
+from fedmed.secure.manifest import MANIFEST_FILE, load_manifest
+from fedmed.secure.secagg import Manifest, RoundAbandoned
 
 log = logging.getLogger("fedmed.server")
 
@@ -40,7 +43,7 @@ class SiteTrackingFedAvg(FedAvg):
     the sites, from the ``proximal_mu`` in the round plan.
     """
 
-    def __init__(self, recorder: RunRecorder, *, min_sites: int) -> None:
+    def __init__(self, recorder: RunRecorder, *, min_sites: int, manifest: Manifest | None = None) -> None:
         super().__init__(
             min_train_nodes=min_sites,
             min_evaluate_nodes=min_sites,
@@ -51,9 +54,19 @@ class SiteTrackingFedAvg(FedAvg):
         )
         self.recorder = recorder
         self.min_sites = min_sites
+        self.manifest = manifest
+        """Set when updates are securely aggregated: the consortium's site keys."""
+        self._grid: Grid | None = None
+        self._global: ArrayRecord | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._grid, self._global = grid, arrays  # secure aggregation talks to the sites again
+        return super().configure_train(server_round, arrays, config, grid)
 
     def _sort_replies(self, server_round: int, replies: Iterable[Message], stage: str) -> list[Message]:
-        valid, failed = self._check_and_log_replies(list(replies), is_train=stage == "train")
+        # Under secure aggregation a train reply holds no arrays, which FedAvg's check demands.
+        secure_train = stage == "train" and self.manifest is not None
+        valid, failed = self._check_and_log_replies(list(replies), is_train=stage == "train", validate=not secure_train)
         for msg in failed:
             self.recorder.record_failure(server_round, stage, msg.metadata.src_node_id, msg.error.reason or "")
         if len(valid) < self.min_sites:
@@ -71,8 +84,32 @@ class SiteTrackingFedAvg(FedAvg):
             record = msg.content[Key.SITE]
             self.recorder.record_ledger(site, list(record[Key.LEDGER]), str(record[Key.PUBLIC_KEY]))
         self.recorder.finish_train(server_round)
-        arrays = aggregate_arrayrecords([msg.content for msg in valid], self.weighted_by_key)
-        return arrays, None
+        if self.manifest is None:
+            return aggregate_arrayrecords([msg.content for msg in valid], self.weighted_by_key), None
+        return self._secure_aggregate(server_round, valid), None
+
+    def _secure_aggregate(self, server_round: int, valid: list[Message]) -> ArrayRecord | None:
+        """The masked sum of the sites' updates; None (the model stays) if the round is abandoned."""
+        nodes = {_site_of(msg): msg.metadata.src_node_id for msg in valid}
+
+        def refused(site: str, step: str, reason: str) -> None:
+            self.recorder.record_failure(server_round, f"secure-aggregation {step}", nodes[site], reason)
+
+        try:
+            result = secure_aggregate(
+                self._grid, server_round=server_round, nodes=nodes, global_arrays=self._global,
+                adverts={_site_of(msg): bytes(msg.content[RECORD][Field.ADVERT]) for msg in valid},
+                manifest=self.manifest, on_refusal=refused,
+            )
+        except RoundAbandoned as error:
+            log.warning("%s", error)
+            self.recorder.record_secure_aggregation(server_round, abandoned=str(error))
+            return None
+        self.recorder.record_secure_aggregation(
+            server_round, sites=result.sites, dropped=result.dropped,
+            threshold=result.threshold, seconds=round(result.seconds, 3),
+        )
+        return result.arrays
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         valid = self._sort_replies(server_round, replies, "evaluate")
@@ -104,9 +141,10 @@ def run_federation(grid: Grid, context: Context) -> None:
     config = load_config(str(context.run_config[Key.CONFIG_PATH]))
     out_dir = Path(str(context.run_config[Key.OUT_DIR]))
     recorder = RunRecorder(out_dir, config)
+    manifest_path = Path(str(context.run_config.get(Key.MANIFEST_PATH, config.state_root / MANIFEST_FILE)))
     status, reason, arrays = "completed", None, None
     try:
-        arrays = train_federation(grid, config, recorder)
+        arrays = train_federation(grid, config, recorder, manifest_path=manifest_path)
     except TooFewSites as error:
         status, reason = "stopped", str(error)
         log.warning("%s", reason)
@@ -115,10 +153,11 @@ def run_federation(grid: Grid, context: Context) -> None:
     recorder.write(status=status, reason=reason)
 
 
-def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder) -> ArrayRecord:
+def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, manifest_path: Path) -> ArrayRecord:
     torch.manual_seed(config.training.seed)
     model = create_model(config.model.name, image_size=config.data.image_size)
-    strategy = SiteTrackingFedAvg(recorder, min_sites=config.min_sites)
+    manifest = load_manifest(manifest_path) if config.secure_aggregation.enabled else None
+    strategy = SiteTrackingFedAvg(recorder, min_sites=config.min_sites, manifest=manifest)
     plan = encode_plan(config)
     result = strategy.start(
         grid=grid,

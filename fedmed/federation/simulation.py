@@ -13,7 +13,10 @@ from fedmed.data.synth import site_names
 from fedmed.errors import DataError
 from fedmed.federation.messages import Key
 from fedmed.federation.runtime import RunStatus, SimulationEngine
+from fedmed.federation.site import SIGNING_KEY_FILE
 from fedmed.report import PROGRESS_FILE, RESULTS_FILE
+from fedmed.secure.keys import load_or_create_signing_key
+from fedmed.secure.manifest import MANIFEST_FILE, write_manifest
 
 
 def prepare_site_folders(config: ExperimentConfig, *, announce: Callable[[str], None]) -> None:
@@ -49,6 +52,19 @@ def prepare_site_folders(config: ExperimentConfig, *, announce: Callable[[str], 
         )
 
 
+def prepare_site_keys(config: ExperimentConfig) -> Path:
+    """Give every simulated hospital its identity key and write the consortium's manifest.
+
+    A real consortium hands these out when it provisions its sites; here the keys live in
+    each simulated site's state folder and outlive runs, like its privacy ledger.
+    """
+    keys = {
+        site: load_or_create_signing_key(config.state_root / site / SIGNING_KEY_FILE).public_key()
+        for site in config.data.sites
+    }
+    return write_manifest(config.state_root / MANIFEST_FILE, keys)
+
+
 class ProgressFollower:
     """Reads new events from a run's progress.jsonl and hands them to a callback."""
 
@@ -79,6 +95,7 @@ def simulate(
 ) -> tuple[RunStatus, dict[str, Any] | None]:
     """Run the federation in Flower's simulation engine; return its status and results."""
     prepare_site_folders(config, announce=announce)
+    prepare_site_keys(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (RESULTS_FILE, PROGRESS_FILE):
         (out_dir / stale).unlink(missing_ok=True)

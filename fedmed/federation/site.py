@@ -31,6 +31,7 @@ from fedmed.federation.messages import (
     decode_plan,
     state_from_arrays,
 )
+from fedmed.federation.secure_rounds import RECORD, Field, begin_round, site_step
 from fedmed.models import create_model, float_state, load_float_state
 from fedmed.privacy import check_budget, plan_privacy, train_private
 from fedmed.privacy.books import PrivacyBooks
@@ -41,6 +42,8 @@ from fedmed.secure.keys import (
     load_signing_key,
     public_key_pem,
 )
+from fedmed.secure.manifest import MANIFEST_FILE, load_manifest
+from fedmed.secure.secagg import Manifest
 
 log = logging.getLogger("fedmed.site")
 
@@ -58,6 +61,8 @@ class Site:
     cache_dir: Path | None
     policy_path: Path | None
     signing_key: Path
+    manifest_path: Path | None = None
+    """The consortium's key manifest: peers' identity keys for secure aggregation."""
     simulated: bool = False
 
 
@@ -81,6 +86,7 @@ def resolve_site(context: Context) -> Site:
                 cache_dir=Path(str(node[Key.CACHE_DIR])) if Key.CACHE_DIR in node else None,
                 policy_path=Path(str(node[Key.POLICY_PATH])) if Key.POLICY_PATH in node else None,
                 signing_key=Path(str(node.get(Key.SIGNING_KEY, state_dir / SIGNING_KEY_FILE))),
+                manifest_path=Path(str(node[Key.MANIFEST_PATH])) if Key.MANIFEST_PATH in node else None,
             )
         except KeyError as missing:
             raise ConfigError(f"node config of site {node[Key.SITE_ID]} lacks {missing}") from None
@@ -95,6 +101,7 @@ def resolve_site(context: Context) -> Site:
             cache_dir=config.data.cache_dir,
             policy_path=config.simulation.policy_for(site_id),
             signing_key=state_dir / SIGNING_KEY_FILE,
+            manifest_path=config.state_root / MANIFEST_FILE,
             simulated=True,
         )
     raise ConfigError("node config names no site: set site-id, data-dir and state-dir")
@@ -116,6 +123,11 @@ def train_round(msg: Message, context: Context) -> Message:
 def evaluate_round(msg: Message, context: Context) -> Message:
     """Handle an evaluate message: metrics of the received model on local test data."""
     return _reply_or_refuse(msg, context, _evaluate)
+
+
+def secure_aggregation_round(msg: Message, context: Context) -> Message:
+    """Handle one secure-aggregation step for the update this site holds back."""
+    return _reply_or_refuse(msg, context, _secure_step)
 
 
 def _reply_or_refuse(
@@ -173,6 +185,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     check_terms(
         policy, site=site.site_id, requested=plan.privacy,
         model=plan.model.name, local_epochs=training.local_epochs,
+        secure_aggregation=plan.secure_aggregation.enabled,
     )
     data = _load(site, plan)
     # The site keeps its books at its own delta and accountant, whatever the run asks.
@@ -251,9 +264,28 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
             Key.PUBLIC_KEY: public_key_pem(books.key),
         }
     )
-    content = RecordDict(
-        {Key.ARRAYS: arrays_from_state(update), Key.METRICS: metrics, Key.SITE: site_record}
-    )
+    content = RecordDict({Key.METRICS: metrics, Key.SITE: site_record})
+    if plan.secure_aggregation.enabled:  # the update stays here until it is masked
+        advert = begin_round(
+            context.state, site=site.site_id, run=str(msg.metadata.run_id), round=server_round,
+            identity=books.key, update={name: update[name] - received[name] for name in update},
+            weight=len(data.train),
+        )
+        content[RECORD] = ConfigRecord({Field.ADVERT: advert})
+    else:
+        content[Key.ARRAYS] = arrays_from_state(update)
+    return Message(content=content, reply_to=msg)
+
+
+def _secure_step(msg: Message, context: Context, site: Site) -> Message:
+    def manifest() -> Manifest:
+        if site.manifest_path is None:
+            raise ConfigError(
+                f"site {site.site_id} has no consortium key manifest: set manifest-path in its node config"
+            )
+        return load_manifest(site.manifest_path)
+
+    content = site_step(msg, context.state, identity=_signing_key(site), manifest=manifest)
     return Message(content=content, reply_to=msg)
 
 

@@ -14,6 +14,7 @@ def check_terms(
     requested: PrivacyConfig,
     model: str,
     local_epochs: int,
+    secure_aggregation: bool,
 ) -> None:
     """Refuse, listing every violation, when the requested terms fall outside the policy.
 
@@ -40,6 +41,8 @@ def check_terms(
         problems.append(f"model {model} is not among the policy's allowed_models")
     if policy.max_local_epochs is not None and local_epochs > policy.max_local_epochs:
         problems.append(f"{local_epochs} local epochs exceed the policy's {policy.max_local_epochs}")
+    if policy.require_secure_aggregation and not secure_aggregation:
+        problems.append("the policy requires secure aggregation, which the run turns off")
     if problems:
         raise PrivacyError(f"site {site} refuses the server's terms: {'; '.join(problems)}")
 

@@ -34,6 +34,7 @@ class RoundRecord:
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluate: dict[str, dict[str, float | None]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    secure_aggregation: dict[str, Any] | None = None
     global_auroc: float | None = None
 
 
@@ -92,6 +93,11 @@ class RunRecorder:
         self._round(server_round).failures.append(failure)
         self.emit("failure", round=server_round, **failure)
 
+    def record_secure_aggregation(self, server_round: int, **summary: Any) -> None:
+        """Who was in the round's masked sum, who dropped, or why the round was abandoned."""
+        self._round(server_round).secure_aggregation = summary
+        self.emit("secure-aggregation", round=server_round, **summary)
+
     def pooled_auroc(self) -> float | None:
         """AUROC over all sites' test sets pooled, from the latest score histograms."""
         if not self._histograms:
@@ -119,6 +125,7 @@ class RunRecorder:
                     for site in sorted(set(r.train) | set(r.evaluate))
                 },
                 "failures": r.failures,
+                "secure_aggregation": r.secure_aggregation,
                 "global_auroc": r.global_auroc,
             }
             for r in sorted(self.rounds.values(), key=lambda r: r.round)

@@ -39,9 +39,17 @@ def request(**overrides: Any) -> PrivacyConfig:
 
 
 def check(
-    requested: PrivacyConfig, *, model: str = "small_cnn", local_epochs: int = 1, policy: SitePolicy = POLICY
+    requested: PrivacyConfig,
+    *,
+    model: str = "small_cnn",
+    local_epochs: int = 1,
+    policy: SitePolicy = POLICY,
+    secure_aggregation: bool = True,
 ) -> None:
-    check_terms(policy, site=SITE, requested=requested, model=model, local_epochs=local_epochs)
+    check_terms(
+        policy, site=SITE, requested=requested, model=model,
+        local_epochs=local_epochs, secure_aggregation=secure_aggregation,
+    )
 
 
 def plan(noise_multiplier: float) -> PrivacyPlan:
@@ -147,7 +155,7 @@ def test_two_violations_both_named() -> None:
 
 def test_site_name_is_the_one_given() -> None:
     with pytest.raises(PrivacyError, match=r"^site hospital-7 refuses the server's terms: "):
-        check_terms(POLICY, site="hospital-7", requested=request(delta=0.5), model="small_cnn", local_epochs=1)
+        check_terms(POLICY, site="hospital-7", requested=request(delta=0.5), model="small_cnn", local_epochs=1, secure_aggregation=True)
 
 
 # ---------------------------------------------------------------- optional limits
