@@ -72,6 +72,14 @@ class ProgressPrinter:
             console.print(f"{prefix} test AUROC {sites}  pooled {_fmt(event.get('global_auroc'))}")
         elif kind == "failure":
             console.print(f"{prefix} [yellow]{event['stage']} refused:[/] {event['reason']}")
+        elif kind == "secure-aggregation" and "abandoned" in event:
+            console.print(f"{prefix} [yellow]abandoned:[/] {event['abandoned']}")
+        elif kind == "secure-aggregation":
+            dropped = f", recovered from {', '.join(event['dropped'])}" if event["dropped"] else ""
+            console.print(
+                f"{prefix} masked sum of {len(event['sites'])} sites (threshold {event['threshold']}{dropped}) "
+                f"in {event['seconds']:.2f} s"
+            )
 
 
 def _fmt(value: float | None) -> str:

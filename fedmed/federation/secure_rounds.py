@@ -144,7 +144,7 @@ Refusal = Callable[[str, str, str], None]
 
 def secure_aggregate(
     grid: Grid, *, server_round: int, adverts: Mapping[str, bytes], nodes: Mapping[str, int],
-    global_arrays: ArrayRecord, manifest: Manifest, on_refusal: Refusal, timeout: float | None = None,
+    global_arrays: ArrayRecord, manifest: Manifest, on_refusal: Refusal, min_sites: int = 2,
 ) -> SecureSum:
     """Run the protocol with the sites that trained; return the new global model.
 
@@ -152,7 +152,7 @@ def secure_aggregate(
         RoundAbandoned: fewer than the threshold completed a step; nothing was unmasked.
     """
     started = time.perf_counter()
-    session = ServerSession(run=str(grid.run.run_id), round=server_round, manifest=manifest)
+    session = ServerSession(run=str(grid.run.run_id), round=server_round, manifest=manifest, min_sites=min_sites)
     for site, reason in session.accept_adverts(adverts).items():
         on_refusal(site, "advert", reason)
 
@@ -163,7 +163,7 @@ def secure_aggregate(
             messages.append(Message(RecordDict({RECORD: record}), nodes[site], MESSAGE_TYPE, group_id=str(server_round)))
         site_of = {nodes[site]: site for site in requests}
         answers = {}
-        for reply in grid.send_and_receive(messages, timeout=timeout):
+        for reply in grid.send_and_receive(messages):
             site = site_of[reply.metadata.src_node_id]
             if reply.has_error():
                 on_refusal(site, stage, reply.error.reason or "no reason given")

@@ -99,7 +99,7 @@ class SiteTrackingFedAvg(FedAvg):
             result = secure_aggregate(
                 self._grid, server_round=server_round, nodes=nodes, global_arrays=self._global,
                 adverts={_site_of(msg): bytes(msg.content[RECORD][Field.ADVERT]) for msg in valid},
-                manifest=self.manifest, on_refusal=refused,
+                manifest=self.manifest, on_refusal=refused, min_sites=self.min_sites,
             )
         except RoundAbandoned as error:
             log.warning("%s", error)
@@ -158,15 +158,16 @@ def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder
     model = create_model(config.model.name, image_size=config.data.image_size)
     manifest = load_manifest(manifest_path) if config.secure_aggregation.enabled else None
     strategy = SiteTrackingFedAvg(recorder, min_sites=config.min_sites, manifest=manifest)
-    plan = encode_plan(config)
+    initial = ArrayRecord(float_state(model))
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(float_state(model)),
+        initial_arrays=initial,
         num_rounds=config.training.rounds,
-        train_config=plan,
+        train_config=encode_plan(config),
         evaluate_config=encode_plan(config),
     )
-    return result.arrays
+    # Flower leaves ``result.arrays`` empty when no round produced a model (all abandoned).
+    return result.arrays if len(result.arrays) else initial
 
 
 def save_model(path: Path, config: ExperimentConfig, arrays: ArrayRecord) -> None:

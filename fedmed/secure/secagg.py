@@ -328,8 +328,8 @@ class SiteSession:
 class ServerSession:
     """The server's view of one round: it relays, counts, and unmasks only the sum."""
 
-    def __init__(self, *, run: str, round: int, manifest: Manifest) -> None:
-        self.run, self.round, self.manifest = run, round, manifest
+    def __init__(self, *, run: str, round: int, manifest: Manifest, min_sites: int = 2) -> None:
+        self.run, self.round, self.manifest, self.min_sites = run, round, manifest, min_sites
         self.adverts: dict[str, dict] = {}
         self.threshold = 0
         self.shared: list[str] = []
@@ -348,7 +348,8 @@ class ServerSession:
     def accept_adverts(self, adverts: Mapping[str, bytes]) -> dict[str, str]:
         """Keep the sites whose adverts verify; return the others with the reason.
 
-        Sets the round's threshold: a majority of the accepted sites.
+        Sets the round's threshold: a majority of the accepted sites, and never fewer than
+        the run's minimum, so a round never aggregates fewer sites than the run allows.
         """
         rejected = {}
         for site, blob in adverts.items():
@@ -361,7 +362,7 @@ class ServerSession:
                 rejected[site] = f"the advert from site {site} is signed as site {fields['site']}"
                 continue
             self.adverts[site] = fields
-        self.threshold = max(2, majority(len(self.adverts)))
+        self.threshold = max(2, self.min_sites, majority(len(self.adverts)))
         self._enough(self.adverts, "advertised valid keys")
         return rejected
 

@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmed.config import ModelConfig, PrivacyConfig, TrainingConfig
+from fedmed.config import ModelConfig, PrivacyConfig, SecureAggregationConfig, TrainingConfig
 from fedmed.federation import site as site_module
 from fedmed.federation.messages import Key, RoundPlan
 from fedmed.models import create_model, float_state
@@ -31,6 +31,7 @@ PLAN = RoundPlan(
     image_size=IMAGE_SIZE,
     training=TrainingConfig(rounds=4, local_epochs=1, batch_size=16, learning_rate=0.1),
     privacy=PrivacyConfig(target_epsilon=4.0, delta=1e-3, max_grad_norm=1.0),
+    secure_aggregation=SecureAggregationConfig(),
 )
 
 

@@ -50,13 +50,14 @@ def test_plan_round_trips(quickstart: ExperimentConfig) -> None:
     assert plan.model == quickstart.model
     assert plan.training == quickstart.training
     assert plan.privacy == quickstart.privacy
+    assert plan.secure_aggregation == quickstart.secure_aggregation
     assert plan.image_size == quickstart.data.image_size == 64
     assert plan.privacy.target_epsilon == 8.0 and plan.privacy.delta == 1e-5
 
 
 def test_plan_leaves_site_details_at_the_server(quickstart: ExperimentConfig) -> None:
     payload = plan_json(quickstart)
-    assert set(payload) == {"model", "image_size", "training", "privacy"}
+    assert set(payload) == {"model", "image_size", "training", "privacy", "secure_aggregation"}
     assert "quickstart" not in json.dumps(payload)  # no data paths or run name
 
 

@@ -1,4 +1,5 @@
-"""End to end: `fedmed simulate` runs real Flower simulations (SuperLink, Ray) with DP-SGD.
+"""End to end: `fedmed simulate` runs real Flower simulations (SuperLink, Ray) with DP-SGD
+and secure aggregation.
 
 Each run costs Flower and Ray start-up (about 20 s here), so the federations are tiny
 and the cases are few: a healthy federation with a bad file and a broken site, and a
@@ -97,6 +98,9 @@ def test_federation_completes_and_reports_per_site(federation: tuple[subprocess.
         assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]  # cumulative
     assert results["sites"]["site-a"]["skipped_files"] == 1
     assert results["global"]["auroc"] >= 0.7
+    # secure aggregation is on by default: every round's model is the masked sum of a and b
+    assert all(r["secure_aggregation"]["sites"] == ["site-a", "site-b"] for r in results["rounds"])
+    assert "masked sum of 2 sites (threshold 2)" in completed.stdout
     assert results["global"]["n_test"] == results["sites"]["site-a"]["n_test"] + results["sites"]["site-b"]["n_test"]
 
 
