@@ -43,6 +43,7 @@ class Field:
     THRESHOLD = "threshold"
     SESSION = "session"
     WEIGHT = "weight"
+    TOTAL_WEIGHT = "total-weight"
     HOLDERS = "holders"
     SENDERS = "senders"
     SEALED = "sealed"
@@ -97,12 +98,17 @@ def site_step(
         )
     stage = str(request[Field.STAGE])
     if stage == "share":
+        total = int(request[Field.TOTAL_WEIGHT])
+        if total < int(kept[Field.WEIGHT]):
+            raise SecureAggregationError(f"the round's total of {total} examples is below this site's own count")
+        kept[Field.TOTAL_WEIGHT] = total
         sealed = session.share(request[Field.ADVERTS], threshold=int(request[Field.THRESHOLD]), manifest=manifest())
         reply = ConfigRecord({Field.HOLDERS: list(sealed), Field.SEALED: list(sealed.values())})
     elif stage == "mask":
         sealed = dict(zip(request[Field.SENDERS], request[Field.SEALED], strict=True))
         update = state[UPDATE][Field.MASKED].numpy()
-        encoded = encode(update, int(kept[Field.WEIGHT]), n_sites=len(session.participants))
+        weight = int(kept[Field.WEIGHT]) / int(kept[Field.TOTAL_WEIGHT])
+        encoded = encode(update, weight, n_sites=len(session.participants))
         masked = session.mask(sealed, encoded)
         del state[UPDATE]
         kept[Field.SESSION] = session.to_bytes()
@@ -143,10 +149,12 @@ Refusal = Callable[[str, str, str], None]
 
 
 def secure_aggregate(
-    grid: Grid, *, server_round: int, adverts: Mapping[str, bytes], nodes: Mapping[str, int],
+    grid: Grid, *, server_round: int, adverts: Mapping[str, bytes], weights: Mapping[str, int], nodes: Mapping[str, int],
     global_arrays: ArrayRecord, manifest: Manifest, on_refusal: Refusal, min_sites: int = 2,
 ) -> SecureSum:
     """Run the protocol with the sites that trained; return the new global model.
+
+    ``weights`` are the sites' example counts (FedAvg's weights), from their train replies.
 
     Raises:
         RoundAbandoned: fewer than the threshold completed a step; nothing was unmasked.
@@ -174,7 +182,9 @@ def secure_aggregate(
         return answers
 
     listed = [adverts[site] for site in sorted(session.adverts)]
-    answers = ask("share", {site: {Field.ADVERTS: listed, Field.THRESHOLD: session.threshold} for site in session.adverts})
+    total = sum(weights[site] for site in session.adverts)  # each site then weighs itself by n / total
+    share = {Field.ADVERTS: listed, Field.THRESHOLD: session.threshold, Field.TOTAL_WEIGHT: total}
+    answers = ask("share", {site: share for site in session.adverts})
     routed = session.route_shares({
         site: dict(zip(a[RECORD][Field.HOLDERS], a[RECORD][Field.SEALED], strict=True)) for site, a in answers.items()
     })

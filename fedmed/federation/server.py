@@ -99,6 +99,7 @@ class SiteTrackingFedAvg(FedAvg):
             result = secure_aggregate(
                 self._grid, server_round=server_round, nodes=nodes, global_arrays=self._global,
                 adverts={_site_of(msg): bytes(msg.content[RECORD][Field.ADVERT]) for msg in valid},
+                weights={_site_of(msg): int(msg.content[Key.METRICS][Key.NUM_EXAMPLES]) for msg in valid},
                 manifest=self.manifest, on_refusal=refused, min_sites=self.min_sites,
             )
         except RoundAbandoned as error:

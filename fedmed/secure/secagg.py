@@ -11,7 +11,7 @@ Each round, for participants U1 ⊇ U2 ⊇ U3 and threshold t (a majority of U1)
    paper: with three sites that is what lets one drop out) and encrypts each holder's
    shares to that holder.
 3. mask: each site in U2 decrypts the shares sent to it and sends
-   encode(update) + self mask + pairwise masks, all mod 2^64.
+   encode(update) + self mask + pairwise masks, all mod 2^32.
 4. confirm: each site in U3 signs the list of sites whose masked inputs the server holds.
 5. reveal: shown at least t signatures on that same list, a site reveals, for each peer,
    the self-mask share if the peer is on it or the mask-key share if it dropped: never
@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedmed.errors import FedmedError
-from fedmed.secure.ring import add_mask
+from fedmed.secure.ring import RING, add_mask
 from fedmed.secure.sharing import SECRET_BYTES, combine_shares, split_secret
 
 PROTOCOL = "fedmed-secagg-v1"
@@ -242,7 +242,7 @@ class SiteSession:
                 raise SecureAggregationError(
                     f"the shares from site {sender} do not decrypt: altered, or replayed from another round"
                 ) from None
-        masked = np.array(encoded, dtype=np.uint64, copy=True)
+        masked = np.array(encoded, dtype=RING, copy=True)
         add_mask(masked, self_mask_key(self.self_seed, run=self.run, round=self.round, site=self.site))
         for peer in sorted(senders - {self.site}):
             key = pair_mask_key(self.mask_key, self.mask_public[peer], run=self.run, round=self.round, pair=(self.site, peer))
@@ -373,13 +373,14 @@ class ServerSession:
 
     def accept_masked(self, masked: Mapping[str, np.ndarray]) -> list[str]:
         """Add up the masked inputs; return the survivors (U3) for the sites to confirm."""
-        survivors = self._enough((s for s in masked if s in self.shared), "sent masked inputs")
+        in_ring = (s for s in masked if s in self.shared and masked[s].dtype == RING)
+        survivors = self._enough(in_ring, "sent masked inputs")
         lengths = {masked[s].size for s in survivors}
         if len(lengths) != 1:
             raise RoundAbandoned(f"round {self.round}: masked inputs differ in length {sorted(lengths)}; abandoned")
-        total = np.zeros(lengths.pop(), dtype=np.uint64)
+        total = np.zeros(lengths.pop(), dtype=RING)
         for site in survivors:
-            total += np.asarray(masked[site], dtype=np.uint64)
+            total += masked[site]
         self.survivors, self.masked_sum = survivors, total
         return survivors
 

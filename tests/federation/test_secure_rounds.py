@@ -28,7 +28,7 @@ from fedmed.federation.secure_rounds import MESSAGE_TYPE, RECORD, UPDATE, Field,
 from fedmed.federation.server import run_federation
 from fedmed.federation.simulation import prepare_site_keys
 from fedmed.models import create_model, float_state
-from fedmed.secure.ring import SCALE
+from fedmed.secure.ring import RING, SCALE
 from fedmed.secure.secagg import SecureAggregationError
 
 SITES = ["site-a", "site-b", "site-c"]
@@ -158,8 +158,8 @@ def test_the_server_receives_no_site_update_in_the_clear(plain: Run, secure: Run
         assert record_name == UPDATE and message.metadata.message_type == MESSAGE_TYPE
         for array in record.values():
             vector = array.numpy()
-            assert vector.dtype == np.uint64
-            naive = vector[:-1].view(np.int64) / SCALE
+            assert vector.dtype == RING and vector.size == deltas["site-a"].size + 1
+            naive = vector[:-1].view(np.int32) / SCALE
             for delta in deltas.values():
                 assert abs(np.corrcoef(naive, delta)[0, 1]) < 0.1
                 assert not np.allclose(naive / max(np.abs(naive).max(), 1), delta, atol=1e-6)
