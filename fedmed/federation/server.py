@@ -146,7 +146,7 @@ def run_federation(grid: Grid, context: Context) -> None:
     status, reason, arrays = "completed", None, None
     try:
         arrays = train_federation(grid, config, recorder, manifest_path=manifest_path)
-    except TooFewSites as error:
+    except FedmedError as error:  # too few sites, or no key manifest for secure aggregation
         status, reason = "stopped", str(error)
         log.warning("%s", reason)
     if arrays is not None:

@@ -48,7 +48,7 @@ class Run:
 
     def __init__(
         self, folder: Path, hospitals: Path, *, secure: bool, require: bool = False,
-        drop_at_mask: tuple[str, ...] = (), **training: object,
+        drop_at_mask: tuple[str, ...] = (), manifest: bool = True, **training: object,
     ) -> None:
         folder.mkdir()
         policy = {
@@ -69,7 +69,9 @@ class Run:
         path = folder / "experiment.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.config = load_config(path)
-        prepare_site_keys(self.config)
+        written = prepare_site_keys(self.config)
+        if not manifest:
+            written.unlink()
         self.out = folder / "out"
         self.received: list[Message] = []
         self.sent: list[Message] = []
@@ -202,6 +204,13 @@ def test_a_site_whose_policy_requires_secure_aggregation_refuses_a_plain_run(hos
     assert len(reasons) == 3
     assert all("the policy requires secure aggregation, which the run turns off" in r for r in reasons)
     assert all(Key.ARRAYS not in m.content for m in run.received if not m.has_error())
+
+
+def test_without_a_key_manifest_the_run_stops_before_training(hospitals: Path, tmp_path: Path) -> None:
+    run = Run(tmp_path / "run", hospitals, secure=True, manifest=False)
+    assert run.results["status"] == "stopped"
+    assert "consortium-keys.json: no consortium key manifest here" in run.results["status_reason"]
+    assert run.received == []
 
 
 # ------------------------------------------------------------------------- replayed messages
