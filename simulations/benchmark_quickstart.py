@@ -59,8 +59,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.table import Table
+from tables import Section, console, show, to_markdown  # simulations/, the script's folder
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -71,38 +70,6 @@ DEFAULT_SAMPLES = {"small_cnn": 1024, "densenet121": 64}
 FALLBACK_SAMPLES = 256
 LEARNING_RATE = 0.05
 MOMENTUM = 0.5
-
-console = Console(highlight=False)
-if not console.is_terminal:
-    console.width = max(console.width, 150)  # piped to a file: keep the tables whole
-
-
-@dataclass
-class Section:
-    """One result table, kept to print again as markdown at the end."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str]
-
-
-def show(section: Section) -> None:
-    table = Table(*section.headers, title=section.title)
-    for row in section.rows:
-        table.add_row(*row)
-    console.print(table)
-    for note in section.notes:
-        console.print(f"[dim]{note}[/]")
-
-
-def to_markdown(section: Section) -> str:
-    lines = [f"**{section.title}**", "", "| " + " | ".join(section.headers) + " |"]
-    lines.append("|" + "|".join("---" for _ in section.headers) + "|")
-    lines += ["| " + " | ".join(row) + " |" for row in section.rows]
-    lines += [""] + [f"- {note}" for note in section.notes]
-    return "\n".join(lines)
-
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)

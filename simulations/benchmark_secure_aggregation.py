@@ -71,11 +71,11 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from rich.console import Console
-from rich.table import Table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "simulations")]  # fedmed and flower_secaggplus, run as a script
+
+from tables import Section, console, show, to_markdown  # noqa: E402
 
 from fedmed.federation import secure_rounds  # noqa: E402
 from fedmed.federation.loopback import LoopbackGrid  # noqa: E402
@@ -95,38 +95,6 @@ STEPS = ("train", "share", "mask", "confirm", "reveal")
 FLOWER_STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
 TARGET_RATIO = 0.5
 TARGET_SHARE = 0.10
-
-console = Console(highlight=False)
-if not console.is_terminal:
-    console.width = max(console.width, 180)  # piped to a file: keep the tables whole
-
-
-@dataclass
-class Section:
-    """One result table, kept to print again as markdown at the end."""
-
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str]
-
-
-def show(section: Section) -> None:
-    table = Table(*section.headers, title=section.title)
-    for row in section.rows:
-        table.add_row(*row)
-    console.print(table)
-    for note in section.notes:
-        console.print(f"[dim]{note}[/]")
-
-
-def to_markdown(section: Section) -> str:
-    lines = [f"**{section.title}**", "", "| " + " | ".join(section.headers) + " |"]
-    lines.append("|" + "|".join("---" for _ in section.headers) + "|")
-    lines += ["| " + " | ".join(row) + " |" for row in section.rows]
-    lines += [""] + [f"- {note}" for note in section.notes]
-    return "\n".join(lines)
-
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
