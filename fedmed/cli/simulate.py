@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedmed.config import load_config
+from fedmed.config import ExperimentConfig, load_config
+from fedmed.federation.runtime import RunStatus
 from fedmed.federation.simulation import simulate as run_simulation
 
 console = Console(highlight=False, soft_wrap=True)  # whole lines in logs and CI
@@ -23,17 +24,17 @@ def simulate(
     """Train a federated model over simulated hospitals, with DP-SGD at every site."""
     experiment = load_config(config)
     started = time.monotonic()
-    console.print(
-        f"[bold]{experiment.name}[/]: {len(experiment.data.sites)} hospitals, "
-        f"{experiment.model.name}, {experiment.training.rounds} rounds, "
-        + _privacy_summary(experiment.privacy)
-    )
+    announce_experiment(experiment)
     status, results = run_simulation(
         experiment, config, out,
         on_event=ProgressPrinter(experiment.training.rounds),
         announce=lambda text: console.print(f"[dim]{text}[/]"),
     )
-    elapsed = time.monotonic() - started
+    finish(status, results, out, time.monotonic() - started)
+
+
+def finish(status: RunStatus, results: dict[str, Any] | None, out: Path, elapsed: float) -> None:
+    """Print a run's outcome; exit 1 unless it completed."""
     if results is None:
         console.print(f"[bold red]run failed[/] ({status.status}): {status.details}")
         console.print(f"Flower's log: {out / 'flower.log'}")
@@ -43,6 +44,14 @@ def simulate(
     if results["status"] != "completed":
         console.print(f"[bold red]stopped:[/] {results['status_reason']}")
         raise typer.Exit(1)
+
+
+def announce_experiment(experiment: ExperimentConfig) -> None:
+    console.print(
+        f"[bold]{experiment.name}[/]: {len(experiment.data.sites)} hospitals, "
+        f"{experiment.model.name}, {experiment.training.rounds} rounds, "
+        + _privacy_summary(experiment.privacy)
+    )
 
 
 def _privacy_summary(privacy: Any) -> str:

@@ -6,6 +6,7 @@ round the site checks the server's requested terms against it before touching da
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,9 @@ from fedmed.config.loader import load_yaml_as
 from fedmed.config.schema import AccountantName, Section
 from fedmed.errors import did_you_mean
 from fedmed.models import available_models
+
+CODE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+"""What ``fedmed code-digest`` prints: the form of every ``approved_code`` entry."""
 
 
 class SitePolicy(Section):
@@ -34,6 +38,9 @@ class SitePolicy(Section):
     max_local_epochs: Annotated[int, Field(ge=1)] | None = None
     require_secure_aggregation: bool = True
     """Refuse to send an update the server could read; only a test bench should say false."""
+    approved_code: list[str] | None = None
+    """Digests of the code the hospital reviewed (``fedmed code-digest``). None: a real
+    site refuses to train; a simulated one does not check."""
 
     @field_validator("allowed_models")
     @classmethod
@@ -44,6 +51,17 @@ class SitePolicy(Section):
             noun = "model" if len(unknown) == 1 else "models"
             raise ValueError(f"unknown {noun} {', '.join(unknown)}; available models: {', '.join(known)}")
         return names
+
+    @field_validator("approved_code")
+    @classmethod
+    def _digests(cls, digests: list[str] | None) -> list[str] | None:
+        bad = [repr(digest) for digest in digests or [] if not CODE_DIGEST.fullmatch(digest)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(bad)}: not a code digest; expected 'sha256:' and 64 lowercase hex digits, "
+                "as `fedmed code-digest` prints"
+            )
+        return digests
 
 
 def load_site_policy(path: str | Path) -> SitePolicy:

@@ -53,7 +53,7 @@ class Key(StrEnum):
     NEGATIVES = "score-negatives"
     SKIPPED_FILES = "skipped-files"
     SECONDS = "seconds"
-    # run config (set by `fedmed simulate`)
+    # run config (set by `fedmed simulate` and `fedmed run`)
     CONFIG_PATH = "config-path"
     OUT_DIR = "out-dir"
     # node config: `partition-id` in simulation; at a hospital `site-id`, `data-dir`,

@@ -81,7 +81,8 @@ def stage_app(destination: Path) -> Path:
     on every run, and a bundled fedmed/ would shadow the installed one.
     """
     root = project_root()
-    destination.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(destination, ignore_errors=True)  # a previous run's copy
+    destination.mkdir(parents=True)
     for name in APP_FILES:
         source = root / name
         if source.is_dir():
@@ -91,12 +92,12 @@ def stage_app(destination: Path) -> Path:
     return destination
 
 
-def _bin(name: str) -> str:
+def flower_bin(name: str) -> str:
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -106,67 +107,35 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-class SimulationEngine:
-    """A private SuperLink in simulation mode, stopped with everything it started."""
+class FlowerConnection:
+    """The ``flwr`` command talking to one SuperLink, from a private FLWR_HOME.
 
-    def __init__(self, workdir: Path, *, env_extra: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.home = Path(tempfile.mkdtemp(prefix="fedmed-flwr-"))
-        self.env = flower_environment(self.home, env_extra)
-        self.port = _free_port()
-        self._log = None
-        self._process: subprocess.Popen | None = None
+    ``root_certificates`` is the CA that signed the SuperLink's TLS certificate; without
+    one the connection is plain HTTP, which only the private simulation engine uses.
+    """
 
-    def __enter__(self) -> SimulationEngine:
-        self._log = open(self.workdir / "superlink.log", "w", encoding="utf-8")
-        self._process = subprocess.Popen(
-            [
-                _bin("flower-superlink"), "--insecure", "--simulation",
-                "--disable-runtime-dependency-installation",
-                "--host", "127.0.0.1", "--port", str(self.port),
-            ],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=self.workdir, start_new_session=True,
+    def __init__(self, home: Path, env: dict[str, str], address: str, *, root_certificates: Path | None = None) -> None:
+        self.home, self.env = home, env
+        security = (
+            f"root-certificates = {_toml_string(str(Path(root_certificates).resolve()))}\n"
+            if root_certificates else "insecure = true\n"
         )
-        try:
-            self._wait_healthy(timeout=60.0)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        (self.home / "config.toml").write_text(
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n',
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n[superlink.{CONNECTION}]\n'
+            f"address = {_toml_string(address)}\n{security}",
             encoding="utf-8",
         )
-        return self
 
-    def _wait_healthy(self, *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise FlowerRuntimeError(
-                    f"flower-superlink exited at start (code {self._process.returncode}); "
-                    f"see {self.workdir / 'superlink.log'}"
-                )
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=0.5) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise FlowerRuntimeError(f"flower-superlink did not become ready in {timeout:.0f} s")
-
-    def _flwr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([_bin("flwr"), *args], env=self.env, capture_output=True, text=True)
+    def flwr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([flower_bin("flwr"), *args], env=self.env, capture_output=True, text=True)
 
     def run(
         self,
         *,
         run_config: dict[str, str],
-        num_supernodes: int,
-        cpus_per_node: int,
-        gpus_per_node: float,
+        log_path: Path,
         poll: Callable[[], None],
+        federation_config: str | None = None,
     ) -> RunStatus:
         """Submit the app, call ``poll`` about twice a second while it runs, return its status."""
         app_dir = stage_app(self.home / "app")
@@ -175,13 +144,9 @@ class SimulationEngine:
             "".join(f"{key} = {_toml_string(value)}\n" for key, value in run_config.items()),
             encoding="utf-8",
         )
-        federation = (
-            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node} "
-            f"client-resources-num-gpus={float(gpus_per_node)}"
-        )
-        submitted = self._flwr(
-            "run", str(app_dir), CONNECTION, "--run-config", str(overrides),
-            "--federation-config", federation, "--format", "json",
+        extra = ["--federation-config", federation_config] if federation_config else []
+        submitted = self.flwr(
+            "run", str(app_dir), CONNECTION, "--run-config", str(overrides), *extra, "--format", "json",
         )
         try:
             reply = json.loads(submitted.stdout or "{}")
@@ -192,10 +157,10 @@ class SimulationEngine:
             raise FlowerRuntimeError(f"Flower did not accept the run: {reason}")
         run_id = int(reply["run-id"])
 
-        with open(self.workdir / "flower.log", "w", encoding="utf-8") as log_file:
+        with open(log_path, "w", encoding="utf-8") as log_file:
             def follow() -> subprocess.Popen:
                 return subprocess.Popen(
-                    [_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
+                    [flower_bin("flwr"), "log", str(run_id), CONNECTION, "--stream"],
                     env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
                 )
 
@@ -203,7 +168,7 @@ class SimulationEngine:
             while True:
                 poll()
                 if follower.poll() is not None:
-                    status = self._finished_status(run_id)
+                    status = self.finished_status(run_id)
                     if status is not None:
                         break
                     follower = follow()  # the stream ended early: follow again
@@ -211,8 +176,9 @@ class SimulationEngine:
             poll()
         return status
 
-    def _finished_status(self, run_id: int) -> RunStatus | None:
-        listed = self._flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+    def finished_status(self, run_id: int) -> RunStatus | None:
+        """The run's final status, or None while it runs (``flwr run`` exits 0 either way)."""
+        listed = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
         try:
             run = json.loads(listed.stdout)["runs"][0]
         except (json.JSONDecodeError, KeyError, IndexError):
@@ -220,6 +186,74 @@ class SimulationEngine:
         if not str(run.get("status", "")).startswith("finished:"):
             return None
         return RunStatus(run_id, run["status"], run.get("status-details", ""))
+
+
+def wait_healthy(process: subprocess.Popen, url: str, *, log_path: Path, timeout: float, context: object = None) -> None:
+    """Wait for a SuperLink's ``/health`` to answer 200, or its process to die."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise FlowerRuntimeError(
+                f"flower-superlink exited at start (code {process.returncode}); see {log_path}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=0.5, context=context) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise FlowerRuntimeError(f"flower-superlink did not become ready in {timeout:.0f} s; see {log_path}")
+
+
+class SimulationEngine:
+    """A private SuperLink in simulation mode, stopped with everything it started."""
+
+    def __init__(self, workdir: Path, *, env_extra: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.home = Path(tempfile.mkdtemp(prefix="fedmed-flwr-"))
+        self.env = flower_environment(self.home, env_extra)
+        self.port = free_port()
+        self._log = None
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> SimulationEngine:
+        log_path = self.workdir / "superlink.log"
+        self._log = open(log_path, "w", encoding="utf-8")
+        self._process = subprocess.Popen(
+            [
+                flower_bin("flower-superlink"), "--insecure", "--simulation",
+                "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1", "--port", str(self.port),
+            ],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.workdir, start_new_session=True,
+        )
+        try:
+            wait_healthy(self._process, f"http://127.0.0.1:{self.port}/health", log_path=log_path, timeout=60.0)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.connection = FlowerConnection(self.home, self.env, f"127.0.0.1:{self.port}")
+        return self
+
+    def run(
+        self,
+        *,
+        run_config: dict[str, str],
+        num_supernodes: int,
+        cpus_per_node: int,
+        gpus_per_node: float,
+        poll: Callable[[], None],
+    ) -> RunStatus:
+        """Submit the app to the simulation engine and follow it (see FlowerConnection.run)."""
+        federation = (
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node} "
+            f"client-resources-num-gpus={float(gpus_per_node)}"
+        )
+        return self.connection.run(
+            run_config=run_config, log_path=self.workdir / "flower.log", poll=poll, federation_config=federation,
+        )
 
     def __exit__(self, *exc_info: object) -> None:
         try:

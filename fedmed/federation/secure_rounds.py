@@ -169,10 +169,12 @@ def secure_aggregate(
         for site, fields in requests.items():
             record = ConfigRecord({Field.STAGE: stage, Field.ROUND: server_round, **fields})
             messages.append(Message(RecordDict({RECORD: record}), nodes[site], MESSAGE_TYPE, group_id=str(server_round)))
-        site_of = {nodes[site]: site for site in requests}
+        replies = list(grid.send_and_receive(messages))
+        # by the message answered: a SuperLink's "node unavailable" reply comes from the SuperLink itself
+        site_of = {m.metadata.message_id: site for m, site in zip(messages, requests, strict=True)}
         answers = {}
-        for reply in grid.send_and_receive(messages):
-            site = site_of[reply.metadata.src_node_id]
+        for reply in replies:
+            site = site_of[reply.metadata.reply_to_message_id]
             if reply.has_error():
                 on_refusal(site, stage, reply.error.reason or "no reason given")
             else:

@@ -142,7 +142,7 @@ def run_federation(grid: Grid, context: Context) -> None:
     config = load_config(str(context.run_config[Key.CONFIG_PATH]))
     out_dir = Path(str(context.run_config[Key.OUT_DIR]))
     recorder = RunRecorder(out_dir, config)
-    manifest_path = Path(str(context.run_config.get(Key.MANIFEST_PATH, config.state_root / MANIFEST_FILE)))
+    manifest_path = Path(str(context.run_config.get(Key.MANIFEST_PATH) or config.state_root / MANIFEST_FILE))
     status, reason, arrays = "completed", None, None
     try:
         arrays = train_federation(grid, config, recorder, manifest_path=manifest_path)

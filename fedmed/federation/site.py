@@ -37,6 +37,7 @@ from fedmed.privacy import check_budget, plan_privacy, train_private
 from fedmed.privacy.books import PrivacyBooks
 from fedmed.privacy.ledger import hash_state
 from fedmed.privacy.terms import check_noise, check_terms
+from fedmed.secure.approval import check_code_approval
 from fedmed.secure.keys import (
     load_or_create_signing_key,
     load_signing_key,
@@ -181,6 +182,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     started = time.perf_counter()
     plan = decode_plan(msg.content[Key.CONFIG])
     policy = _policy(site)
+    check_code_approval(policy, site=site.site_id, simulated=site.simulated)
     training = plan.training
     check_terms(
         policy, site=site.site_id, requested=plan.privacy,
@@ -291,6 +293,7 @@ def _secure_step(msg: Message, context: Context, site: Site) -> Message:
 
 def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     started = time.perf_counter()
+    check_code_approval(_policy(site), site=site.site_id, simulated=site.simulated)  # it reads patient data too
     plan = decode_plan(msg.content[Key.CONFIG])
     data = _load(site, plan)
     model = _model(plan, state_from_arrays(msg.content[Key.ARRAYS]))

@@ -46,31 +46,52 @@ def generate_signing_key(path: Path) -> Ed25519PrivateKey:
             f"{path}: a signing key file must not end in {PUBLIC_SUFFIX!r}; that name is for its public key"
         )
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
+    write_private_file(
+        path, private_pem(key), what="signing key",
+        exists_hint="the site's ledger is signed with it. Move it away first if you really mean to "
+        "replace the site's identity",
+    )
+    try:
+        pub_path.write_text(public_key_pem(key), encoding="ascii")
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise FedmedError(f"{pub_path}: cannot write the public key ({error.strerror})") from None
+    return key
+
+
+def private_pem(key: object) -> bytes:
+    """An unencrypted PKCS8 PEM of any private key."""
+    return key.private_bytes(  # type: ignore[attr-defined]
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
         encryption_algorithm=serialization.NoEncryption(),
     )
+
+
+def write_private_file(path: Path, data: bytes, *, what: str, exists_hint: str = "move it away first") -> None:
+    """Write secret bytes to a new file, mode 0600 from the start (``O_EXCL``), fsynced.
+
+    A missing parent folder is created with mode 0700.
+
+    Raises:
+        FedmedError: the file exists (it is never overwritten) or cannot be written.
+    """
+    path = Path(path)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise FedmedError(
-            f"{path}: a signing key already exists; refusing to overwrite it (the site's ledger is "
-            "signed with it). Move it away first if you really mean to replace the site's identity"
-        ) from None
+        raise FedmedError(f"{path}: a {what} already exists; refusing to overwrite it ({exists_hint})") from None
     except OSError as error:
-        raise FedmedError(f"{path}: cannot create the signing key ({error.strerror})") from None
+        raise FedmedError(f"{path}: cannot create the {what} ({error.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        pub_path.write_text(public_key_pem(key), encoding="ascii")
     except OSError as error:
         path.unlink(missing_ok=True)
-        raise FedmedError(f"{path}: cannot write the signing key ({error.strerror})") from None
-    return key
+        raise FedmedError(f"{path}: cannot write the {what} ({error.strerror})") from None
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

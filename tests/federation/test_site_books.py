@@ -18,6 +18,7 @@ from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.federation.site import SIGNING_KEY_FILE
 from fedmed.privacy import epsilon_of, plan_privacy
 from fedmed.privacy.accountant import MechanismStep
+from fedmed.secure.approval import code_digest
 from fedmed.secure.keys import generate_signing_key
 
 WORKER = Path(__file__).with_name("site_worker.py")
@@ -32,11 +33,16 @@ def site_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "site-a"
 
 
+def approved() -> dict[str, list[str]]:
+    """A hospital's node trains only code its policy approves: this code."""
+    return {"approved_code": [code_digest()]}
+
+
 @pytest.fixture()
 def books(tmp_path: Path) -> tuple[Path, Path]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(
-        {"max_epsilon": 10.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.1}
+        {"max_epsilon": 10.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.1, **approved()}
     ))
     generate_signing_key(tmp_path / "state" / SIGNING_KEY_FILE)  # provisioned at a hospital
     return tmp_path / "state", policy
@@ -110,7 +116,7 @@ def test_site_at_its_budget_refuses(site_dir: Path, books: tuple[Path, Path]) ->
     state_dir, policy = books
     budget = (epsilon_after(site_dir, 1) + epsilon_after(site_dir, 2)) / 2
     policy.write_text(yaml.safe_dump(
-        {"max_epsilon": budget, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.1}
+        {"max_epsilon": budget, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.1, **approved()}
     ))
     run_round(site_dir, books, 1)
     refusal = run_round(site_dir, books, 2)["refused"]
@@ -121,7 +127,7 @@ def test_terms_outside_the_policy_are_refused(site_dir: Path, books: tuple[Path,
     _, policy = books
     policy.write_text(yaml.safe_dump(
         {"max_epsilon": 10.0, "delta": 1e-4, "max_grad_norm": 0.5, "min_noise_multiplier": 0.1,
-         "allowed_models": ["densenet121"]}
+         "allowed_models": ["densenet121"], **approved()}
     ))
     refusal = run_round(site_dir, books, 1)["refused"]
     assert "delta 0.001 is above the policy's 0.0001" in refusal

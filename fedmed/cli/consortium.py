@@ -1,0 +1,103 @@
+"""`fedmed provision`, `fedmed server start`, `fedmed node start`, `fedmed run`: a real consortium."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedmed.cli.simulate import ProgressPrinter, announce_experiment, finish
+from fedmed.config import load_config, load_site_policy
+from fedmed.data import check_folder, render_report
+from fedmed.deploy.provision import DEFAULT_PORT, Consortium, provision
+from fedmed.deploy.run import run_on_consortium
+from fedmed.deploy.superlink import SuperLink
+from fedmed.deploy.supernode import WHAT_LEAVES, SiteFolder, SuperNode
+from fedmed.errors import DataError
+
+console = Console(highlight=False, soft_wrap=True)
+server_app = typer.Typer(no_args_is_help=True, help="The consortium's SuperLink (run by the coordinator).")
+node_app = typer.Typer(no_args_is_help=True, help="A hospital's SuperNode.")
+
+
+def provision_consortium(
+    consortium_dir: Annotated[Path, typer.Argument(help="Folder for the consortium's keys and certificates.")],
+    sites: Annotated[str, typer.Option("--sites", help="Site names, comma-separated: a,b,c.")],
+    server_host: Annotated[str, typer.Option("--server-host", help="Host name or IP the hospitals reach the SuperLink at.")],
+    port: Annotated[int, typer.Option("--port", help="The SuperLink's port.")] = DEFAULT_PORT,
+) -> None:
+    """Create the consortium CA, the SuperLink's certificate and every site's keys (keeps existing ones)."""
+    consortium = provision(
+        consortium_dir, sites=[s.strip() for s in sites.split(",") if s.strip()], server_host=server_host,
+        port=port, announce=lambda text: console.print(f"[dim]{text}[/]"),
+    )
+    console.print(f"consortium ready in {consortium.root}; SuperLink at {consortium.address()}")
+    console.print("hand each hospital its own folder sites/<site>; keep ca/ca.key with the coordinator only")
+
+
+@server_app.command("start")
+def start_server(
+    consortium_dir: Annotated[Path, typer.Argument(help="The folder `fedmed provision` made.")],
+    bind: Annotated[str, typer.Option("--bind", help="Address to listen on.")] = "0.0.0.0",
+) -> None:
+    """Run the SuperLink with TLS and SuperNode authentication until Ctrl-C."""
+    consortium = Consortium(consortium_dir)
+    with SuperLink(consortium, bind=bind) as link:
+        console.print(
+            f"SuperLink listening on {bind}:{link.port} (TLS, SuperNode authentication) for sites "
+            f"{', '.join(consortium.sites())}; log: {link.log_path}"
+        )
+        console.print("telemetry, update checks and run-time dependency installation are off; Ctrl-C stops it")
+        try:
+            link.wait()
+        except KeyboardInterrupt:
+            console.print("stopping the SuperLink")
+
+
+@node_app.command("start")
+def start_node(
+    site: Annotated[str, typer.Option("--site", help="This hospital's site name.")],
+    consortium_dir: Annotated[Path, typer.Option("--consortium", help="The site's folder from the coordinator.")],
+    data: Annotated[Path, typer.Option("--data", help="The site's DICOM folder with labels.csv.")],
+    policy: Annotated[Path, typer.Option("--policy", help="The hospital's privacy policy YAML.")],
+    state: Annotated[Path | None, typer.Option("--state", help="Privacy books and ledger; default <site folder>/state.")] = None,
+    cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-image cache.")] = None,
+    runtime_port: Annotated[int, typer.Option("--runtime-port", help="Local port for the node's ClientApps.")] = 9094,
+) -> None:
+    """Check the data, say what will leave the site, then join the consortium until Ctrl-C."""
+    folder = SiteFolder.find(consortium_dir, site)
+    load_site_policy(policy)  # a bad policy fails here, not at the first round
+    report = check_folder(data)
+    render_report(report, console)
+    if not report.summary()["readable"]:
+        raise DataError(f"{data}: no usable DICOM image; fix the folder before joining (see the list above)")
+    console.print(WHAT_LEAVES)
+    state_dir = state or folder.folder / "state"
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    node = SuperNode(folder, data_dir=data, policy=policy, state_dir=state_dir, cache_dir=cache, runtime_port=runtime_port)
+    node.start(retry_for=75.0)
+    console.print(f"site {site} joined the SuperLink at {node.superlink}; log: {node.log_path}; Ctrl-C stops it")
+    try:
+        node.wait()
+    except KeyboardInterrupt:
+        console.print("stopping the SuperNode")
+    finally:
+        node.stop()
+
+
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    consortium_dir: Annotated[Path, typer.Option("--consortium", help="The consortium folder (on the SuperLink's machine).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for results.json, model.pt and ledgers.")],
+) -> None:
+    """Train a federated model across the consortium's hospitals (DP and secure aggregation)."""
+    experiment = load_config(config)
+    started = time.monotonic()
+    announce_experiment(experiment)
+    status, results = run_on_consortium(
+        experiment, config, out, Consortium(consortium_dir), on_event=ProgressPrinter(experiment.training.rounds),
+    )
+    finish(status, results, out, time.monotonic() - started)

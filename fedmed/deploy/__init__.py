@@ -1,0 +1,1 @@
+"""Running a real consortium: provisioning, the SuperLink, hospital nodes, runs."""

@@ -1,0 +1,61 @@
+"""`fedmed run`: submit an experiment to the consortium's SuperLink and follow it.
+
+Run it on the SuperLink's machine: the ServerApp runs there and writes the run folder
+(results.json, model, ledgers) where ``--out`` says, as ``fedmed simulate`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedmed.config import ExperimentConfig
+from fedmed.deploy.provision import Consortium
+from fedmed.errors import ConfigError
+from fedmed.federation.messages import Key
+from fedmed.federation.runtime import FlowerConnection, RunStatus, flower_environment
+from fedmed.federation.simulation import ProgressFollower
+from fedmed.report import PROGRESS_FILE, RESULTS_FILE
+
+
+def run_on_consortium(
+    config: ExperimentConfig, config_path: Path, out_dir: Path, consortium: Consortium,
+    *, on_event: Callable[[dict[str, Any]], None],
+) -> tuple[RunStatus, dict[str, Any] | None]:
+    """Submit the app with ``flwr run`` over TLS; return Flower's status and the results.
+
+    Raises:
+        ConfigError: the experiment names sites the consortium does not have.
+    """
+    unknown = sorted(set(config.data.sites) - set(consortium.sites()))
+    if unknown:
+        raise ConfigError(
+            f"{config_path}: data.sites names {', '.join(unknown)}, not in the consortium "
+            f"{consortium.root} ({', '.join(consortium.sites())})"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (RESULTS_FILE, PROGRESS_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="fedmed-flwr-"))
+    try:
+        connection = FlowerConnection(
+            home, flower_environment(home), consortium.address(), root_certificates=consortium.ca_cert
+        )
+        status = connection.run(
+            run_config={
+                Key.CONFIG_PATH: str(config_path.resolve()),
+                Key.OUT_DIR: str(out_dir.resolve()),
+                Key.MANIFEST_PATH: str(consortium.manifest.resolve()),
+            },
+            log_path=out_dir / "flower.log",
+            poll=ProgressFollower(out_dir / PROGRESS_FILE, on_event),
+        )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    results_path = out_dir / RESULTS_FILE
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else None
+    return status, results

@@ -1,0 +1,184 @@
+"""`fedmed node start`: one hospital's SuperNode, after a look at what will leave the site.
+
+The node trusts only the consortium CA (TLS) and proves who it is with the site's
+provisioned key (SuperNode authentication). Everything the ClientApp needs to find the
+hospital's data, policy, books and keys travels as node config: it never comes from the
+server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmed.deploy.provision import CONSORTIUM_FILE, Consortium
+from fedmed.errors import ConfigError
+from fedmed.federation.messages import Key
+from fedmed.federation.runtime import FlowerRuntimeError, flower_bin, flower_environment, stop_process_tree
+from fedmed.secure.manifest import MANIFEST_FILE
+
+WHAT_LEAVES = """\
+What leaves this site, and nothing else:
+  - each round's model update, masked by secure aggregation: the server can decode only the
+    sum over at least a majority of the round's sites (a site whose policy requires it
+    refuses a run without secure aggregation);
+  - each round's privacy ledger entry (noise, sampling rate, steps, epsilon, hashes), signed
+    with this site's key, and the site's public key;
+  - per-round metrics: example counts, training loss, epsilon and delta, test AUROC and
+    accuracy, a 100-bin histogram of test scores per class, the number of skipped files.
+No image, label, file name or DICOM tag leaves the site."""
+
+
+@dataclass(frozen=True)
+class SiteFolder:
+    """A site's provisioned folder: its keys, the CA certificate and the consortium's public files."""
+
+    site: str
+    folder: Path
+
+    @classmethod
+    def find(cls, consortium_dir: Path, site: str) -> SiteFolder:
+        """The site's folder: ``DIR/sites/SITE`` in a coordinator's folder, or DIR itself.
+
+        Raises:
+            ConfigError: neither holds that site's SuperNode key.
+        """
+        for folder in (Consortium(Path(consortium_dir)).site(site), Path(consortium_dir)):
+            if (folder / "supernode-auth.key").is_file() and (folder / CONSORTIUM_FILE).is_file():
+                sites = json.loads((folder / CONSORTIUM_FILE).read_text(encoding="utf-8"))["sites"]
+                if site not in sites:
+                    raise ConfigError(f"{folder}: the consortium has no site {site!r} (it has {', '.join(sorted(sites))})")
+                return cls(site, folder.resolve())
+        raise ConfigError(
+            f"{consortium_dir}: no keys for site {site!r} here; pass the folder the coordinator handed over "
+            "(made by `fedmed provision`, with supernode-auth.key)"
+        )
+
+    def superlink_address(self) -> str:
+        link = json.loads((self.folder / CONSORTIUM_FILE).read_text(encoding="utf-8"))["superlink"]
+        return f"{link['host']}:{link['port']}"
+
+
+def node_config(site: SiteFolder, *, data_dir: Path, policy: Path, state_dir: Path, cache_dir: Path | None) -> str:
+    """The ``--node-config`` string: TOML values, so every path is a quoted string."""
+    values = {
+        Key.SITE_ID: site.site,
+        Key.DATA_DIR: str(data_dir.resolve()),
+        Key.STATE_DIR: str(state_dir.resolve()),
+        Key.POLICY_PATH: str(policy.resolve()),
+        Key.MANIFEST_PATH: str(site.folder / MANIFEST_FILE),
+        Key.SIGNING_KEY: str(site.folder / "site-ed25519.pem"),
+    }
+    if cache_dir is not None:
+        values[Key.CACHE_DIR] = str(cache_dir.resolve())
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
+
+
+class SuperNode:
+    """flower-supernode for one site; a context manager that stops it and its ClientApps."""
+
+    def __init__(
+        self, site: SiteFolder, *, data_dir: Path, policy: Path, state_dir: Path, runtime_port: int,
+        cache_dir: Path | None = None, superlink: str | None = None, log_path: Path | None = None,
+    ) -> None:
+        self.site = site
+        self.superlink = superlink or site.superlink_address()
+        self.state_dir = state_dir
+        self.home = state_dir / "flwr"
+        self.log_path = log_path or state_dir / "supernode.log"
+        self.command = [
+            flower_bin("flower-supernode"),
+            "--superlink", self.superlink,
+            "--root-certificates", str(site.folder / "ca.crt"),
+            "--auth-supernode-private-key", str(site.folder / "supernode-auth.key"),
+            "--port", str(runtime_port),
+            "--node-config", node_config(site, data_dir=data_dir, policy=policy, state_dir=state_dir, cache_dir=cache_dir),
+        ]
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    def __enter__(self) -> SuperNode:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self, *, settle: float = 5.0, retry_for: float = 0.0) -> None:
+        """Start the node; fail with the reason if it exits within ``settle`` seconds.
+
+        A SuperLink refuses a key for about a minute after its node vanished (it waits for
+        the heartbeat to lapse), so a restarted node may retry for ``retry_for`` seconds.
+
+        Raises:
+            FlowerRuntimeError: the SuperLink refused the node (unregistered key, a TLS
+                certificate it does not trust), with the reason.
+        """
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        give_up = time.monotonic() + retry_for
+        while True:
+            reason = self._try_start(settle)
+            if reason is None:
+                return
+            if REFUSED_KEY not in reason or time.monotonic() > give_up:
+                raise FlowerRuntimeError(f"site {self.site.site}: the SuperNode stopped at start: {reason}")
+            time.sleep(5.0)
+
+    def _try_start(self, settle: float) -> str | None:
+        self._log = open(self.log_path, "a", encoding="utf-8")
+        start = self._log.tell()
+        self._process = subprocess.Popen(
+            self.command, env=flower_environment(self.home), stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.state_dir, start_new_session=True,
+        )
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline and self._process.poll() is None:
+            time.sleep(0.2)
+        if self._process.poll() is None:
+            return None
+        self.stop()
+        return connection_failure(self.log_path, offset=start)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self) -> int:
+        assert self._process is not None
+        return self._process.wait()
+
+    def kill(self) -> None:
+        """Stop the node at once (SIGKILL), as a crash or a power cut would."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait()
+
+    def stop(self) -> None:
+        try:
+            if self._process is not None:
+                stop_process_tree(self._process, grace=10.0)
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+
+REFUSED_KEY = "does not know this site's key"
+
+
+def connection_failure(log_path: Path, *, offset: int = 0) -> str:
+    """Why a SuperNode could not join, in words, from its log (from ``offset`` on)."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        text = log.read().decode("utf-8", errors="replace")
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return "the SuperLink's TLS certificate is not signed by this site's ca.crt (wrong consortium or CA)"
+    if "2004" in text or "No SuperNode found" in text:
+        return f"the SuperLink {REFUSED_KEY}: it is not registered (or the node was restarted within a minute)"
+    if "2001" in text:
+        return "the SuperLink requires SuperNode authentication and this node has no key"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " / ".join(lines[-3:]) or "no output"
