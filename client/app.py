@@ -3,14 +3,16 @@
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedmed.federation.node import secure_aggregation_round
 from fedmed.federation.secure_rounds import ACTION
-from fedmed.federation.site import evaluate_round, secure_aggregation_round, train_round
 
 app = ClientApp()
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from fedmed.federation.site import train_round  # torch, MONAI, Opacus: only where training runs
+
     return train_round(msg, context)
 
 
@@ -21,4 +23,6 @@ def secure_aggregation(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    from fedmed.federation.site import evaluate_round
+
     return evaluate_round(msg, context)

@@ -15,7 +15,6 @@ from pydantic import Field, field_validator
 from fedmed.config.loader import load_yaml_as
 from fedmed.config.schema import AccountantName, Section
 from fedmed.errors import did_you_mean
-from fedmed.models import available_models
 
 CODE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 """What ``fedmed code-digest`` prints: the form of every ``approved_code`` entry."""
@@ -45,6 +44,8 @@ class SitePolicy(Section):
     @field_validator("allowed_models")
     @classmethod
     def _registered(cls, names: list[str] | None) -> list[str] | None:
+        from fedmed.models import available_models  # MONAI: only when a policy names models
+
         known = available_models()
         unknown = [f"'{name}'{did_you_mean(name, known)}" for name in names or [] if name not in known]
         if unknown:

@@ -12,8 +12,6 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedmed.models import check_model_name
-
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
 """Side of the square model input, in pixels."""
 
@@ -76,6 +74,8 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _registered(cls, name: str) -> str:
+        from fedmed.models import check_model_name  # MONAI: only when a model name is checked
+
         try:
             return check_model_name(name)
         except Exception as error:  # ConfigError -> pydantic's ValueError, with its text

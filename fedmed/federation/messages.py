@@ -9,8 +9,8 @@ metrics only.
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from pydantic import ValidationError
 
@@ -23,6 +23,9 @@ from fedmed.config import (
 )
 from fedmed.config.schema import ImageSize, Section
 from fedmed.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Key(StrEnum):

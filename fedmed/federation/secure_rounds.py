@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -60,14 +59,14 @@ class Field:
 # --- the site's side -------------------------------------------------------------
 
 
-def flatten(arrays: Mapping[str, torch.Tensor]) -> np.ndarray:
+def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     """Every float array, in name order, as one vector: the order both sides agree on."""
-    return np.concatenate([arrays[name].detach().cpu().numpy().ravel() for name in sorted(arrays)])
+    return np.concatenate([np.ravel(np.asarray(arrays[name])) for name in sorted(arrays)])
 
 
 def begin_round(
     state: RecordDict, *, site: str, run: str, round: int, identity: Ed25519PrivateKey,
-    update: Mapping[str, torch.Tensor], weight: int,
+    update: Mapping[str, np.ndarray], weight: int,
 ) -> bytes:
     """Keep the update and fresh round keys in the site's context; return the signed advert."""
     session = SiteSession.begin(site=site, run=run, round=round, identity=identity)

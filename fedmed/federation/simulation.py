@@ -12,8 +12,8 @@ from fedmed.data import synthesize_hospitals
 from fedmed.data.synth import site_names
 from fedmed.errors import DataError
 from fedmed.federation.messages import Key
+from fedmed.federation.node import SIGNING_KEY_FILE
 from fedmed.federation.runtime import RunStatus, SimulationEngine
-from fedmed.federation.site import SIGNING_KEY_FILE
 from fedmed.report import PROGRESS_FILE, RESULTS_FILE
 from fedmed.secure.keys import load_or_create_signing_key
 from fedmed.secure.manifest import MANIFEST_FILE, write_manifest

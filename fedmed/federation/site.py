@@ -11,27 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedmed.config import DeviceName, SitePolicy, load_config, load_site_policy
+from fedmed.config import DeviceName, SitePolicy, load_site_policy
 from fedmed.data import SiteData, dataset_fingerprint, default_cache_dir, load_site_data
-from fedmed.errors import ConfigError, FedmedError, PrivacyError
+from fedmed.errors import ConfigError, PrivacyError
 from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
 from fedmed.federation.messages import (
-    ErrorCode,
     Key,
     RoundPlan,
     arrays_from_state,
     decode_plan,
     state_from_arrays,
 )
-from fedmed.federation.secure_rounds import RECORD, Field, begin_round, site_step
+from fedmed.federation.node import Site, reply_or_refuse, signing_key
+from fedmed.federation.secure_rounds import RECORD, Field, begin_round
 from fedmed.models import create_model, float_state, load_float_state
 from fedmed.privacy import check_budget, plan_privacy, train_private
 from fedmed.privacy.books import PrivacyBooks
@@ -39,74 +35,10 @@ from fedmed.privacy.ledger import hash_state
 from fedmed.privacy.terms import check_noise, check_terms
 from fedmed.secure.approval import check_code_approval
 from fedmed.secure.keys import (
-    load_or_create_signing_key,
-    load_signing_key,
     public_key_pem,
 )
-from fedmed.secure.manifest import MANIFEST_FILE, load_manifest
-from fedmed.secure.secagg import Manifest
 
 log = logging.getLogger("fedmed.site")
-
-SIGNING_KEY_FILE = "keys/site-ed25519.pem"
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where one hospital's data and state live."""
-
-    site_id: str
-    data_dir: Path
-    state_dir: Path
-    """The site's own disk for privacy books, ledger and keys; outlives runs."""
-    cache_dir: Path | None
-    policy_path: Path | None
-    signing_key: Path
-    manifest_path: Path | None = None
-    """The consortium's key manifest: peers' identity keys for secure aggregation."""
-    simulated: bool = False
-
-
-def resolve_site(context: Context) -> Site:
-    """Identify this node's site from its node config.
-
-    At a hospital the node config names the site and its folders. In simulation each
-    virtual node has only a ``partition-id``, which indexes the experiment's site list.
-
-    Raises:
-        ConfigError: the node config names neither a site nor a partition.
-    """
-    node, run = context.node_config, context.run_config
-    if Key.SITE_ID in node:
-        try:
-            state_dir = Path(str(node[Key.STATE_DIR]))
-            return Site(
-                site_id=str(node[Key.SITE_ID]),
-                data_dir=Path(str(node[Key.DATA_DIR])),
-                state_dir=state_dir,
-                cache_dir=Path(str(node[Key.CACHE_DIR])) if Key.CACHE_DIR in node else None,
-                policy_path=Path(str(node[Key.POLICY_PATH])) if Key.POLICY_PATH in node else None,
-                signing_key=Path(str(node.get(Key.SIGNING_KEY, state_dir / SIGNING_KEY_FILE))),
-                manifest_path=Path(str(node[Key.MANIFEST_PATH])) if Key.MANIFEST_PATH in node else None,
-            )
-        except KeyError as missing:
-            raise ConfigError(f"node config of site {node[Key.SITE_ID]} lacks {missing}") from None
-    if Key.PARTITION_ID in node and Key.CONFIG_PATH in run:
-        config = load_config(str(run[Key.CONFIG_PATH]))
-        site_id = config.data.sites[int(node[Key.PARTITION_ID])]
-        state_dir = config.state_root / site_id
-        return Site(
-            site_id=site_id,
-            data_dir=config.data.root / site_id,
-            state_dir=state_dir,
-            cache_dir=config.data.cache_dir,
-            policy_path=config.simulation.policy_for(site_id),
-            signing_key=state_dir / SIGNING_KEY_FILE,
-            manifest_path=config.state_root / MANIFEST_FILE,
-            simulated=True,
-        )
-    raise ConfigError("node config names no site: set site-id, data-dir and state-dir")
-
 
 def select_device(requested: DeviceName) -> torch.device:
     if requested is DeviceName.CUDA and not torch.cuda.is_available():
@@ -118,33 +50,19 @@ def select_device(requested: DeviceName) -> torch.device:
 
 def train_round(msg: Message, context: Context) -> Message:
     """Handle a train message: DP-SGD on local data, budget checked first."""
-    return _reply_or_refuse(msg, context, _train)
+    _set_threads()
+    return reply_or_refuse(msg, context, _train)
 
 
 def evaluate_round(msg: Message, context: Context) -> Message:
     """Handle an evaluate message: metrics of the received model on local test data."""
-    return _reply_or_refuse(msg, context, _evaluate)
+    _set_threads()
+    return reply_or_refuse(msg, context, _evaluate)
 
 
-def secure_aggregation_round(msg: Message, context: Context) -> Message:
-    """Handle one secure-aggregation step for the update this site holds back."""
-    return _reply_or_refuse(msg, context, _secure_step)
-
-
-def _reply_or_refuse(
-    msg: Message, context: Context, handler: Callable[[Message, Context, Site], Message]
-) -> Message:
-    site = None
-    try:
-        site = resolve_site(context)
-        if threads := os.environ.get("FEDMED_TORCH_THREADS"):  # set by `fedmed simulate`
-            torch.set_num_threads(int(threads))
-        return handler(msg, context, site)
-    except FedmedError as error:
-        name = site.site_id if site else "unknown site"
-        reason = str(error) if site and site.site_id in str(error) else f"site {name}: {error}"
-        log.error("refusing: %s", reason)
-        return Message(Error(code=ErrorCode.SITE_REFUSED, reason=reason), reply_to=msg)
+def _set_threads() -> None:
+    if threads := os.environ.get("FEDMED_TORCH_THREADS"):  # set by `fedmed simulate`
+        torch.set_num_threads(int(threads))
 
 
 def _load(site: Site, plan: RoundPlan) -> SiteData:
@@ -169,13 +87,6 @@ def _policy(site: Site) -> SitePolicy:
             "(simulation: simulation.site_policy); refusing to train"
         )
     return load_site_policy(site.policy_path)
-
-
-def _signing_key(site: Site) -> Ed25519PrivateKey:
-    """The site's Ed25519 key: provisioned at a hospital, made on first use in simulation."""
-    if site.simulated:
-        return load_or_create_signing_key(site.signing_key)
-    return load_signing_key(site.signing_key)
 
 
 def _train(msg: Message, context: Context, site: Site) -> Message:
@@ -203,7 +114,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     check_noise(policy, privacy, site=site.site_id)
     books = PrivacyBooks(
         site.state_dir, site=site.site_id, fingerprint=dataset_fingerprint(data),
-        accountant=privacy.accountant, key=_signing_key(site),
+        accountant=privacy.accountant, key=signing_key(site),
     )
     history = books.spent()
     check_budget(privacy, history, site=site.site_id, budget=policy.max_epsilon)
@@ -270,24 +181,12 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     if plan.secure_aggregation.enabled:  # the update stays here until it is masked
         advert = begin_round(
             context.state, site=site.site_id, run=str(msg.metadata.run_id), round=server_round,
-            identity=books.key, update={name: update[name] - received[name] for name in update},
+            identity=books.key, update={name: (update[name] - received[name]).numpy() for name in update},
             weight=len(data.train),
         )
         content[RECORD] = ConfigRecord({Field.ADVERT: advert})
     else:
         content[Key.ARRAYS] = arrays_from_state(update)
-    return Message(content=content, reply_to=msg)
-
-
-def _secure_step(msg: Message, context: Context, site: Site) -> Message:
-    def manifest() -> Manifest:
-        if site.manifest_path is None:
-            raise ConfigError(
-                f"site {site.site_id} has no consortium key manifest: set manifest-path in its node config"
-            )
-        return load_manifest(site.manifest_path)
-
-    content = site_step(msg, context.state, identity=_signing_key(site), manifest=manifest)
     return Message(content=content, reply_to=msg)
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fedmed.data import load_site_data, synthesize_hospitals
-from fedmed.federation.site import SIGNING_KEY_FILE
+from fedmed.federation.node import SIGNING_KEY_FILE
 from fedmed.privacy import epsilon_of, plan_privacy
 from fedmed.privacy.accountant import MechanismStep
 from fedmed.secure.approval import code_digest

@@ -1,0 +1,123 @@
+"""Which hospital a node is, and the protocol steps that need nothing heavier.
+
+In deployment every message starts a fresh ClientApp process. Training needs torch,
+MONAI and Opacus; the secure-aggregation steps need only this module, so they answer in
+a fraction of the time. The site's training and evaluation live in ``site.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Context, Error, Message
+
+from fedmed.config import load_config
+from fedmed.errors import ConfigError, FedmedError
+from fedmed.federation.messages import ErrorCode, Key
+from fedmed.federation.secure_rounds import site_step
+from fedmed.secure.keys import load_or_create_signing_key, load_signing_key
+from fedmed.secure.manifest import MANIFEST_FILE, load_manifest
+from fedmed.secure.secagg import Manifest
+
+log = logging.getLogger("fedmed.site")
+
+SIGNING_KEY_FILE = "keys/site-ed25519.pem"
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one hospital's data and state live."""
+
+    site_id: str
+    data_dir: Path
+    state_dir: Path
+    """The site's own disk for privacy books, ledger and keys; outlives runs."""
+    cache_dir: Path | None
+    policy_path: Path | None
+    signing_key: Path
+    manifest_path: Path | None = None
+    """The consortium's key manifest: peers' identity keys for secure aggregation."""
+    simulated: bool = False
+
+
+def resolve_site(context: Context) -> Site:
+    """Identify this node's site from its node config.
+
+    At a hospital the node config names the site and its folders. In simulation each
+    virtual node has only a ``partition-id``, which indexes the experiment's site list.
+
+    Raises:
+        ConfigError: the node config names neither a site nor a partition.
+    """
+    node, run = context.node_config, context.run_config
+    if Key.SITE_ID in node:
+        try:
+            state_dir = Path(str(node[Key.STATE_DIR]))
+            return Site(
+                site_id=str(node[Key.SITE_ID]),
+                data_dir=Path(str(node[Key.DATA_DIR])),
+                state_dir=state_dir,
+                cache_dir=Path(str(node[Key.CACHE_DIR])) if Key.CACHE_DIR in node else None,
+                policy_path=Path(str(node[Key.POLICY_PATH])) if Key.POLICY_PATH in node else None,
+                signing_key=Path(str(node.get(Key.SIGNING_KEY, state_dir / SIGNING_KEY_FILE))),
+                manifest_path=Path(str(node[Key.MANIFEST_PATH])) if Key.MANIFEST_PATH in node else None,
+            )
+        except KeyError as missing:
+            raise ConfigError(f"node config of site {node[Key.SITE_ID]} lacks {missing}") from None
+    if Key.PARTITION_ID in node and Key.CONFIG_PATH in run:
+        config = load_config(str(run[Key.CONFIG_PATH]))
+        site_id = config.data.sites[int(node[Key.PARTITION_ID])]
+        state_dir = config.state_root / site_id
+        return Site(
+            site_id=site_id,
+            data_dir=config.data.root / site_id,
+            state_dir=state_dir,
+            cache_dir=config.data.cache_dir,
+            policy_path=config.simulation.policy_for(site_id),
+            signing_key=state_dir / SIGNING_KEY_FILE,
+            manifest_path=config.state_root / MANIFEST_FILE,
+            simulated=True,
+        )
+    raise ConfigError("node config names no site: set site-id, data-dir and state-dir")
+
+
+def reply_or_refuse(
+    msg: Message, context: Context, handler: Callable[[Message, Context, Site], Message]
+) -> Message:
+    site = None
+    try:
+        site = resolve_site(context)
+        return handler(msg, context, site)
+    except FedmedError as error:
+        name = site.site_id if site else "unknown site"
+        reason = str(error) if site and site.site_id in str(error) else f"site {name}: {error}"
+        log.error("refusing: %s", reason)
+        return Message(Error(code=ErrorCode.SITE_REFUSED, reason=reason), reply_to=msg)
+
+
+def signing_key(site: Site) -> Ed25519PrivateKey:
+    """The site's Ed25519 key: provisioned at a hospital, made on first use in simulation."""
+    if site.simulated:
+        return load_or_create_signing_key(site.signing_key)
+    return load_signing_key(site.signing_key)
+
+
+def secure_aggregation_round(msg: Message, context: Context) -> Message:
+    """Handle one secure-aggregation step for the update this site holds back."""
+    return reply_or_refuse(msg, context, _secure_step)
+
+
+def _secure_step(msg: Message, context: Context, site: Site) -> Message:
+    def manifest() -> Manifest:
+        if site.manifest_path is None:
+            raise ConfigError(
+                f"site {site.site_id} has no consortium key manifest: set manifest-path in its node config"
+            )
+        return load_manifest(site.manifest_path)
+
+    content = site_step(msg, context.state, identity=signing_key(site), manifest=manifest)
+    return Message(content=content, reply_to=msg)
