@@ -88,11 +88,11 @@ def check_code_approval(policy: SitePolicy, *, site: str, simulated: bool, app_d
         raise PrivacyError(
             f"site {site} has approved no code: its policy has no approved_code, and the code here is {digest}; "
             f"after reviewing this code, add `approved_code: [\"{digest}\"]` to the policy "
-            "(`fedmed code-digest` prints it); refusing to train"
+            "(`fedmed code-digest` prints it); refusing to run it"
         )
     if digest not in policy.approved_code:
         raise PrivacyError(
-            f"site {site} refuses to train: the hospital has not approved this code ({digest} is not in the "
+            f"site {site} refuses to run: the hospital has not approved this code ({digest} is not in the "
             "policy's approved_code); review the new version and add its digest, or run the approved one"
         )
 

@@ -182,4 +182,4 @@ def test_a_killed_node_and_an_unapproved_app_leave_the_rest_to_finish(world: Wor
     assert first["secure_aggregation"]["sites"] == ["site-a", "site-b"]  # recovered without site-c
     assert second["secure_aggregation"]["sites"] == ["site-a", "site-b"]
     refusals = [f["reason"] for f in first["failures"] if f["stage"] == "train"]
-    assert len(refusals) == 1 and "site site-d refuses to train: the hospital has not approved this code" in refusals[0]
+    assert len(refusals) == 1 and "site site-d refuses to run: the hospital has not approved this code" in refusals[0]

@@ -213,7 +213,7 @@ def test_a_hospital_without_approved_code_fails_closed_with_the_fix() -> None:
 @pytest.mark.parametrize("simulated", [True, False], ids=["simulated", "hospital"])
 @pytest.mark.parametrize("approved", [[], [OTHER]], ids=["nothing", "other-code"])
 def test_code_not_listed_is_refused(simulated: bool, approved: list[str]) -> None:
-    expected = f"site site-b refuses to train: the hospital has not approved this code ({code_digest()} is not"
+    expected = f"site site-b refuses to run: the hospital has not approved this code ({code_digest()} is not"
     with pytest.raises(PrivacyError, match=re.escape(expected)):
         check_code_approval(policy(approved), site="site-b", simulated=simulated)
 
@@ -288,7 +288,7 @@ def test_simulated_sites_refuse_code_their_policy_does_not_list(hospitals: Path,
     reasons = [f["reason"] for f in results["rounds"][0]["failures"]]
     assert len(reasons) == 2
     for site, reason in zip(["site-a", "site-b"], sorted(reasons)):
-        assert reason.startswith(f"site {site} refuses to train: the hospital has not approved this code")
+        assert reason.startswith(f"site {site} refuses to run: the hospital has not approved this code")
         assert code_digest() in reason
     assert not (tmp_path / "run" / "cache").exists()  # refused before any data was read
     assert not list((tmp_path / "run" / "state").glob("*/ledger.jsonl"))  # and before any spend
