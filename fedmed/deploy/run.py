@@ -6,7 +6,6 @@ Run it on the SuperLink's machine: the ServerApp runs there and writes the run f
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from fedmed.errors import ConfigError
 from fedmed.federation.messages import Key
 from fedmed.federation.runtime import FlowerConnection, RunStatus, flower_environment
 from fedmed.federation.simulation import ProgressFollower
-from fedmed.report import PROGRESS_FILE, RESULTS_FILE
+from fedmed.report import PROGRESS_FILE, clear_run_folder, read_results
 
 
 def run_on_consortium(
@@ -37,9 +36,7 @@ def run_on_consortium(
             f"{config_path}: data.sites names {', '.join(unknown)}, not in the consortium "
             f"{consortium.root} ({', '.join(consortium.sites())})"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (RESULTS_FILE, PROGRESS_FILE):
-        (out_dir / stale).unlink(missing_ok=True)
+    clear_run_folder(out_dir)
     home = Path(tempfile.mkdtemp(prefix="fedmed-flwr-"))
     try:
         connection = FlowerConnection(
@@ -56,6 +53,4 @@ def run_on_consortium(
         )
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    results_path = out_dir / RESULTS_FILE
-    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else None
-    return status, results
+    return status, read_results(out_dir)

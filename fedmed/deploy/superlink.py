@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 
 from fedmed.deploy.provision import Consortium
 from fedmed.federation.runtime import (
     FlowerConnection,
     FlowerRuntimeError,
+    LoggedProcess,
     flower_bin,
     flower_environment,
-    stop_process_tree,
     wait_healthy,
 )
 
@@ -41,8 +40,7 @@ class SuperLink:
         self.home = self.state / "flwr"
         self.log_path = self.state / "superlink.log"
         self.env = flower_environment(self.home)
-        self._process: subprocess.Popen | None = None
-        self._log = None
+        self._link: LoggedProcess | None = None
 
     @property
     def local_address(self) -> str:
@@ -66,21 +64,20 @@ class SuperLink:
             FlowerRuntimeError: the SuperLink did not start, or a key was refused.
         """
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._log = open(self.log_path, "a", encoding="utf-8")
         c = self.consortium
-        self._process = subprocess.Popen(
+        self._link = LoggedProcess(
             [
                 flower_bin("flower-superlink"),
                 "--ssl-ca-certfile", str(c.ca_cert), "--ssl-certfile", str(c.server_cert), "--ssl-keyfile", str(c.server_key),
                 "--enable-supernode-auth", "--disable-runtime-dependency-installation",
                 "--host", self.bind, "--port", str(self.port), "--database", str(self.state / "superlink.db"),
             ],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.state, start_new_session=True,
+            env=self.env, cwd=self.state, log_path=self.log_path,
         )
         try:
             context = ssl.create_default_context(cafile=str(c.ca_cert))
             wait_healthy(
-                self._process, f"https://{self.local_address}/health",
+                self._link.process, f"https://{self.local_address}/health",
                 log_path=self.log_path, timeout=60.0, context=context,
             )
             self.register_sites()
@@ -110,14 +107,10 @@ class SuperLink:
 
     def wait(self) -> int:
         """Block until the SuperLink exits (Ctrl-C stops it); return its exit code."""
-        assert self._process is not None
-        return self._process.wait()
+        assert self._link is not None
+        return self._link.process.wait()
 
     def stop(self) -> None:
-        try:
-            if self._process is not None:
-                stop_process_tree(self._process)
-        finally:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+        if self._link is not None:
+            self._link, link = None, self._link
+            link.stop()

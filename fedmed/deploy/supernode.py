@@ -9,7 +9,6 @@ server.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from fedmed.deploy.provision import CONSORTIUM_FILE, Consortium
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import Key
-from fedmed.federation.runtime import FlowerRuntimeError, flower_bin, flower_environment, stop_process_tree
+from fedmed.federation.runtime import FlowerRuntimeError, LoggedProcess, flower_bin, flower_environment
 from fedmed.secure.manifest import MANIFEST_FILE
 
 WHAT_LEAVES = """\
@@ -97,8 +96,7 @@ class SuperNode:
             "--port", str(runtime_port),
             "--node-config", node_config(site, data_dir=data_dir, policy=policy, state_dir=state_dir, cache_dir=cache_dir),
         ]
-        self._process: subprocess.Popen | None = None
-        self._log = None
+        self._node: LoggedProcess | None = None
 
     def __enter__(self) -> SuperNode:
         self.start()
@@ -128,42 +126,35 @@ class SuperNode:
             time.sleep(5.0)
 
     def _try_start(self, settle: float) -> str | None:
-        self._log = open(self.log_path, "a", encoding="utf-8")
-        start = self._log.tell()
-        self._process = subprocess.Popen(
-            self.command, env=flower_environment(self.home), stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=self.state_dir, start_new_session=True,
+        node = self._node = LoggedProcess(
+            self.command, env=flower_environment(self.home), cwd=self.state_dir, log_path=self.log_path,
         )
         deadline = time.monotonic() + settle
-        while time.monotonic() < deadline and self._process.poll() is None:
+        while time.monotonic() < deadline and node.running:
             time.sleep(0.2)
-        if self._process.poll() is None:
+        if node.running:
             return None
         self.stop()
-        return connection_failure(self.log_path, offset=start)
+        return connection_failure(self.log_path, offset=node.log_offset)
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._node is not None and self._node.running
 
     def wait(self) -> int:
-        assert self._process is not None
-        return self._process.wait()
+        assert self._node is not None
+        return self._node.process.wait()
 
     def kill(self) -> None:
         """Stop the node at once (SIGKILL), as a crash or a power cut would."""
-        assert self._process is not None
-        self._process.kill()
-        self._process.wait()
+        assert self._node is not None
+        self._node.process.kill()
+        self._node.process.wait()
 
     def stop(self) -> None:
-        try:
-            if self._process is not None:
-                stop_process_tree(self._process, grace=10.0)
-        finally:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+        if self._node is not None:
+            self._node, node = None, self._node
+            node.stop(grace=10.0)
 
 
 REFUSED_KEY = "does not know this site's key"

@@ -206,6 +206,32 @@ def wait_healthy(process: subprocess.Popen, url: str, *, log_path: Path, timeout
     raise FlowerRuntimeError(f"flower-superlink did not become ready in {timeout:.0f} s; see {log_path}")
 
 
+class LoggedProcess:
+    """A Flower process in a session of its own, its output appended to a log file.
+
+    ``stop`` ends it and every process group it started, then closes the log.
+    """
+
+    def __init__(self, command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, mode: str = "a") -> None:
+        self.log_path = log_path
+        self._log = open(log_path, mode, encoding="utf-8")
+        self.log_offset = self._log.tell()
+        """Where this start's output begins in the log."""
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, *, grace: float = 15.0) -> None:
+        try:
+            stop_process_tree(self.process, grace=grace)
+        finally:
+            self._log.close()
+
+
 class SimulationEngine:
     """A private SuperLink in simulation mode, stopped with everything it started."""
 
@@ -214,23 +240,20 @@ class SimulationEngine:
         self.home = Path(tempfile.mkdtemp(prefix="fedmed-flwr-"))
         self.env = flower_environment(self.home, env_extra)
         self.port = free_port()
-        self._log = None
-        self._process: subprocess.Popen | None = None
+        self._link: LoggedProcess | None = None
 
     def __enter__(self) -> SimulationEngine:
         log_path = self.workdir / "superlink.log"
-        self._log = open(log_path, "w", encoding="utf-8")
-        self._process = subprocess.Popen(
+        self._link = LoggedProcess(
             [
                 flower_bin("flower-superlink"), "--insecure", "--simulation",
                 "--disable-runtime-dependency-installation",
                 "--host", "127.0.0.1", "--port", str(self.port),
             ],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            cwd=self.workdir, start_new_session=True,
+            env=self.env, cwd=self.workdir, log_path=log_path, mode="w",
         )
         try:
-            wait_healthy(self._process, f"http://127.0.0.1:{self.port}/health", log_path=log_path, timeout=60.0)
+            wait_healthy(self._link.process, f"http://127.0.0.1:{self.port}/health", log_path=log_path, timeout=60.0)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -257,11 +280,9 @@ class SimulationEngine:
 
     def __exit__(self, *exc_info: object) -> None:
         try:
-            if self._process is not None:
-                stop_process_tree(self._process)
+            if self._link is not None:
+                self._link.stop()
         finally:
-            if self._log is not None:
-                self._log.close()
             shutil.rmtree(self.home, ignore_errors=True)
 
 

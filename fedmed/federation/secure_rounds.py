@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -33,7 +34,7 @@ UPDATE = "secagg-update"
 """The ArrayRecord in a site's context holding its update until it is masked."""
 
 
-class Field:
+class Field(StrEnum):
     STAGE = "stage"
     RUN = "run"
     ROUND = "round"

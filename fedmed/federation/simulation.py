@@ -14,7 +14,7 @@ from fedmed.errors import DataError
 from fedmed.federation.messages import Key
 from fedmed.federation.node import SIGNING_KEY_FILE
 from fedmed.federation.runtime import RunStatus, SimulationEngine
-from fedmed.report import PROGRESS_FILE, RESULTS_FILE
+from fedmed.report import PROGRESS_FILE, clear_run_folder, read_results
 from fedmed.secure.keys import load_or_create_signing_key
 from fedmed.secure.manifest import MANIFEST_FILE, write_manifest
 
@@ -96,9 +96,7 @@ def simulate(
     """Run the federation in Flower's simulation engine; return its status and results."""
     prepare_site_folders(config, announce=announce)
     prepare_site_keys(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (RESULTS_FILE, PROGRESS_FILE):
-        (out_dir / stale).unlink(missing_ok=True)
+    clear_run_folder(out_dir)
     threads = str(config.simulation.cpus_per_site)
     engine = SimulationEngine(
         out_dir, env_extra={"FEDMED_TORCH_THREADS": threads, "OMP_NUM_THREADS": threads}
@@ -112,6 +110,4 @@ def simulate(
             gpus_per_node=config.simulation.gpus_per_site,
             poll=ProgressFollower(out_dir / PROGRESS_FILE, on_event),
         )
-    results_path = out_dir / RESULTS_FILE
-    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else None
-    return status, results
+    return status, read_results(out_dir)

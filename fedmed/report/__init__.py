@@ -6,7 +6,10 @@ from fedmed.report.results import (
     PROGRESS_FILE,
     RESULTS_FILE,
     RunRecorder,
+    clear_run_folder,
+    read_results,
     write_json_atomic,
 )
 
-__all__ = ["LEDGERS_DIR", "MODEL_FILE", "PROGRESS_FILE", "RESULTS_FILE", "RunRecorder", "write_json_atomic"]
+__all__ = ["LEDGERS_DIR", "MODEL_FILE", "PROGRESS_FILE", "RESULTS_FILE", "RunRecorder", "clear_run_folder", "read_results",
+           "write_json_atomic"]

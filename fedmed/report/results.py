@@ -203,6 +203,19 @@ def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
+def clear_run_folder(out_dir: Path) -> None:
+    """Make the run folder and remove a previous run's results and progress from it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (RESULTS_FILE, PROGRESS_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
+
+
+def read_results(out_dir: Path) -> dict[str, Any] | None:
+    """The run's results.json, or None when the ServerApp wrote none (it failed)."""
+    path = out_dir / RESULTS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write JSON through a temporary file so readers never see half a document."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")

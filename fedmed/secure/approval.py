@@ -28,10 +28,7 @@ from pathlib import Path
 import fedmed
 from fedmed.config import SitePolicy
 from fedmed.errors import FedmedError, PrivacyError
-from fedmed.federation.runtime import project_root
-
-APP_PACKAGES = ("server", "client")
-"""The Flower app's code folders (with ``pyproject.toml``, what ``stage_app`` bundles)."""
+from fedmed.federation.runtime import APP_FILES, project_root
 
 
 def running_app_dir() -> Path:
@@ -114,6 +111,6 @@ def _app_files(app: Path) -> Iterator[tuple[str, bytes]]:
         raise FedmedError(f"{pyproject}: cannot be read as TOML: {error}") from None
     config.get("tool", {}).get("flwr", {}).pop("federations", None)  # as `flwr run` bundles it
     yield "app/pyproject.toml", json.dumps(config, sort_keys=True, default=str).encode()
-    for package in APP_PACKAGES:
+    for package in APP_FILES:  # what `stage_app` bundles; pyproject.toml is hashed above
         if (app / package).is_dir():
             yield from _python_files(app / package, f"app/{package}")

@@ -386,16 +386,15 @@ class ServerSession:
 
     def accept_confirmations(self, confirmations: Mapping[str, bytes]) -> list[bytes]:
         """The valid confirmations of the survivor list, to show every survivor."""
-        valid = []
+        valid = {}
         for site, blob in confirmations.items():
             try:
                 fields = _open(blob, self.manifest, kind="confirm", run=self.run, round=self.round)
             except SecureAggregationError:
                 continue
             if fields["site"] == site and fields["survivors"] == self.survivors:
-                valid.append(blob)
-        self._enough(range(len(valid)), "confirmed the survivor list")
-        return valid
+                valid[site] = blob
+        return [valid[site] for site in self._enough(valid, "confirmed the survivor list")]
 
     @property
     def dropped(self) -> list[str]:
