@@ -58,7 +58,11 @@ class DicomReadError(DataError):
 
 @dataclass(frozen=True)
 class DicomMetadata:
-    """Tags used for subgroup and site analyses; None where absent or invalid."""
+    """Tags used for subgroup and site analyses; None where absent or invalid.
+
+    `patient_id` stays at the site: it only counts distinct patients, so that a subgroup
+    metric is released for at least `min_cell_size` people, not images.
+    """
 
     sex: str | None = None
     age_years: float | None = None
@@ -66,6 +70,7 @@ class DicomMetadata:
     model: str | None = None
     modality: str | None = None
     body_part: str | None = None
+    patient_id: str | None = None
 
 
 def read_dicom_image(path: Path, *, size: int) -> np.ndarray:
@@ -90,7 +95,7 @@ def read_dicom_image(path: Path, *, size: int) -> np.ndarray:
 
 
 def read_dicom_metadata(ds_or_path: Dataset | Path | str) -> DicomMetadata:
-    """Read sex, age, scanner and modality tags; an invalid value gives None, never an error.
+    """Read sex, age, scanner, modality and patient id tags; an invalid value gives None, never an error.
 
     A path is read without pixel data. Age comes from PatientAge (0010,1010), else from
     PatientBirthDate (0010,0030) and StudyDate (0008,0020).
@@ -111,6 +116,7 @@ def read_dicom_metadata(ds_or_path: Dataset | Path | str) -> DicomMetadata:
         model=_text(ds, "ManufacturerModelName"),
         modality=_text(ds, "Modality"),
         body_part=_text(ds, "BodyPartExamined"),
+        patient_id=_text(ds, "PatientID"),
     )
 
 

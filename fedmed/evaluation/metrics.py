@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
+from scipy.stats import bootstrap, rankdata
 from torch import nn
 
 SCORE_BINS = 100
@@ -23,6 +26,93 @@ def accuracy(labels: np.ndarray, scores: np.ndarray, *, threshold: float = 0.5) 
     """Fraction of cases whose thresholded score equals the label."""
     labels = np.asarray(labels)
     return float(np.mean((np.asarray(scores) >= threshold) == (labels >= 0.5))) if labels.size else 0.0
+
+
+def auroc_interval(
+    labels: np.ndarray, scores: np.ndarray, *, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Stratified percentile bootstrap interval for the AUROC; None when a class is absent.
+
+    Positives and negatives are resampled separately (scipy's unpaired two-sample bootstrap),
+    so every resample keeps the cell's prevalence and has an AUROC. A class of one case
+    cannot vary under resampling: the interval then reflects the other class only, and with
+    one case of each there is no variability to resample and the result is None.
+    """
+    labels = np.asarray(labels) >= 0.5
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = scores[labels], scores[~labels]
+    if positives.size == 0 or negatives.size == 0 or positives.size + negatives.size < 3:
+        return None
+    options = dict(
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        axis=-1,
+        rng=np.random.default_rng(seed),
+    )
+    if positives.size == 1:
+        result = bootstrap((negatives,), lambda neg, axis: _mann_whitney_auroc(positives, neg), **options)
+    elif negatives.size == 1:
+        result = bootstrap((positives,), lambda pos, axis: _mann_whitney_auroc(pos, negatives), **options)
+    else:
+        result = bootstrap((positives, negatives), lambda pos, neg, axis: _mann_whitney_auroc(pos, neg), **options)
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+def _mann_whitney_auroc(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """P(positive scores higher) + P(tie) / 2 along the last axis, from mid-ranks.
+
+    Either argument may be a batch of resamples (..., n) or a 1-D sample to broadcast.
+    """
+    shape = np.broadcast_shapes(positives.shape[:-1], negatives.shape[:-1])
+    positives = np.broadcast_to(positives, (*shape, positives.shape[-1]))
+    negatives = np.broadcast_to(negatives, (*shape, negatives.shape[-1]))
+    n_pos, n_neg = positives.shape[-1], negatives.shape[-1]
+    ranks = rankdata(np.concatenate([positives, negatives], axis=-1), axis=-1)
+    u = ranks[..., :n_pos].sum(axis=-1) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def sensitivity_specificity(
+    labels: np.ndarray, scores: np.ndarray, *, threshold: float = 0.5
+) -> tuple[float | None, float | None]:
+    """True positive and true negative rates at `threshold`; None for a class that is absent."""
+    labels = np.asarray(labels) >= 0.5
+    predicted = np.asarray(scores) >= threshold
+    sensitivity = float(np.mean(predicted[labels])) if labels.any() else None
+    specificity = float(np.mean(~predicted[~labels])) if (~labels).any() else None
+    return sensitivity, specificity
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, *, bins: int = 10) -> float:
+    """Mean |observed rate - mean score| over equal-width score bins, weighted by bin size.
+
+    Naeini et al., AAAI 2015 (ECE). A score of 1.0 falls in the last bin.
+    """
+    labels = (np.asarray(labels) >= 0.5).astype(np.float64)
+    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    if labels.size == 0:
+        return 0.0
+    index = np.minimum((scores * bins).astype(np.int64), bins - 1)
+    label_sums = np.bincount(index, weights=labels, minlength=bins)
+    score_sums = np.bincount(index, weights=scores, minlength=bins)
+    return float(np.sum(np.abs(label_sums - score_sums)) / labels.size)
+
+
+def equalized_odds_difference(rates: Iterable[tuple[float | None, float | None]]) -> float | None:
+    """Largest gap across groups in true positive rate or in false positive rate.
+
+    `rates` holds (sensitivity, specificity) per group; a group missing either is skipped.
+    The definition is fairlearn's `equalized_odds_difference` (Hardt et al., NeurIPS 2016).
+    Returns None with fewer than two groups.
+    """
+    complete = [(sens, 1.0 - spec) for sens, spec in rates if sens is not None and spec is not None]
+    if len(complete) < 2:
+        return None
+    tpr, fpr = np.array(complete).T
+    return float(max(tpr.max() - tpr.min(), fpr.max() - fpr.min()))
 
 
 def score_histograms(labels: np.ndarray, scores: np.ndarray, *, bins: int = SCORE_BINS) -> tuple[np.ndarray, np.ndarray]:

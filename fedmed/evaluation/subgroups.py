@@ -1,0 +1,133 @@
+"""How the global model does for each sex, age band and scanner manufacturer at one site.
+
+A cell covering fewer than `min_cell_size` distinct patients is released as
+`{"suppressed": True}` and nothing else, not even its size: a metric over a handful of
+patients (an AUROC over three women over 80 on one scanner) can reveal their diagnoses to
+anyone who knows who they are, so such cells never leave the site. Patients, not images,
+are counted, because several images of one person protect no one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fedmed.data.check import age_band
+from fedmed.data.dicom import DicomMetadata
+from fedmed.evaluation.metrics import (
+    auroc_interval,
+    equalized_odds_difference,
+    expected_calibration_error,
+    roc_auc,
+    sensitivity_specificity,
+)
+
+__all__ = ["ATTRIBUTES", "evaluate_cell", "evaluate_subgroups"]
+
+ATTRIBUTES = ("sex", "age_band", "manufacturer")
+
+UNKNOWN = "unknown"
+
+_GROUP_OF: dict[str, Callable[[DicomMetadata], str]] = {
+    "sex": lambda m: m.sex or UNKNOWN,
+    "age_band": lambda m: age_band(m.age_years),
+    "manufacturer": lambda m: m.manufacturer or UNKNOWN,
+}
+
+# Display order of known group names; others follow alphabetically, "unknown" last.
+_ORDER = {"sex": ("F", "M", "O"), "age_band": ("<40", "40-59", "60-79", "80+")}
+
+
+def evaluate_cell(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    patients: int,
+    threshold: float,
+    min_cell_size: int,
+    confidence: float,
+    n_resamples: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of one cell, or exactly `{"suppressed": True}` below `min_cell_size` patients."""
+    if patients < min_cell_size or len(labels) == 0:
+        return {"suppressed": True}
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    interval = auroc_interval(labels, scores, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    sensitivity, specificity = sensitivity_specificity(labels, scores, threshold=threshold)
+    return {
+        "n": int(labels.size),
+        "prevalence": float(np.mean(labels >= 0.5)),
+        "auroc": roc_auc(labels, scores),
+        "auroc_ci": list(interval) if interval is not None else None,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "ece": expected_calibration_error(labels, scores),
+    }
+
+
+def evaluate_subgroups(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    metadata: Sequence[DicomMetadata],
+    *,
+    threshold: float,
+    min_cell_size: int,
+    confidence: float,
+    n_resamples: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The site's overall cell and, per attribute, a cell per group with summaries.
+
+    Suppressed groups keep their name in `groups` (that a group exists is not sensitive;
+    its numbers are) but are left out of `worst_group`, `largest_gap` and
+    `equalized_odds_difference`, which are None when fewer than two groups qualify.
+
+    Raises:
+        ValueError: when labels, scores and metadata differ in length.
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not len(labels) == len(scores) == len(metadata):
+        raise ValueError(
+            f"labels, scores and metadata must be aligned, got {len(labels)}, {len(scores)} and {len(metadata)} items"
+        )
+    patient_keys = [m.patient_id if m.patient_id is not None else ("image", i) for i, m in enumerate(metadata)]
+
+    def cell(index: np.ndarray) -> dict[str, Any]:
+        return evaluate_cell(
+            labels[index],
+            scores[index],
+            patients=len({patient_keys[i] for i in index}),
+            threshold=threshold,
+            min_cell_size=min_cell_size,
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+
+    attributes = {}
+    for attribute in ATTRIBUTES:
+        names = np.array([_GROUP_OF[attribute](m) for m in metadata], dtype=object)
+        known = _ORDER.get(attribute, ())
+        ordered = sorted(set(names), key=lambda n: (n == UNKNOWN, known.index(n) if n in known else len(known), n))
+        groups = {name: cell(np.flatnonzero(names == name)) for name in ordered}
+        attributes[attribute] = {"groups": groups, **_summarise(groups)}
+    return {"overall": cell(np.arange(len(labels))), "attributes": attributes}
+
+
+def _summarise(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Worst group, AUROC gap and equalized odds difference over unsuppressed groups."""
+    released = {name: c for name, c in groups.items() if not c.get("suppressed")}
+    aurocs = {name: c["auroc"] for name, c in released.items() if c["auroc"] is not None}
+    enough = len(aurocs) >= 2
+    return {
+        "worst_group": min(aurocs, key=aurocs.__getitem__) if enough else None,
+        "largest_gap": float(max(aurocs.values()) - min(aurocs.values())) if enough else None,
+        "equalized_odds_difference": equalized_odds_difference(
+            (c["sensitivity"], c["specificity"]) for c in released.values()
+        ),
+    }
