@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from fedmed.cli import approval, audit, consortium, data, models, simulate, synth
+from fedmed.cli import approval, audit, consortium, data, models, report, simulate, synth
 from fedmed.errors import FedmedError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command("simulate")(simulate.simulate)
 app.command("synth")(synth.synth)
 app.command("models")(models.list_models)
 app.command("audit")(audit.audit)
+app.command("report")(report.report)
 app.command("code-digest")(approval.print_code_digest)
 app.command("provision")(consortium.provision_consortium)
 app.command("run")(consortium.run)

@@ -1,0 +1,129 @@
+"""The report's figures, drawn from results.json alone: PNG bytes, ready to inline.
+
+matplotlib is imported inside the functions: everything that imports ``fedmed.report``
+(the ServerApp, the simulation) would otherwise pay for it at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+SITE_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+"""matplotlib's tab10: one colour per site, the same in every figure."""
+POOLED_COLOUR = "#222222"
+FIGURE_DPI = 100
+
+
+def site_colour(index: int) -> str:
+    """The colour of the index-th site (cycling after ten sites)."""
+    return SITE_COLOURS[index % len(SITE_COLOURS)]
+
+
+def png_data_uri(png: bytes) -> str:
+    """A ``data:`` URI, so the page needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def plot_convergence(results: dict[str, Any], sites: list[str]) -> bytes | None:
+    """Test AUROC per site and pooled, and train loss per site, per round; None without rounds."""
+    rounds = results.get("rounds") or []
+    if not rounds:
+        return None
+    plt, ticker = _pyplot()
+    with plt.rc_context(_STYLE):
+        figure, (auroc_axes, loss_axes) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+        numbers = [r.get("round") for r in rounds]
+        for index, site in enumerate(sites):
+            colour = site_colour(index)
+            _line(auroc_axes, numbers, _series(rounds, site, "test_auroc"), colour, site)
+            _line(loss_axes, numbers, _series(rounds, site, "train_loss"), colour, site)
+        _line(auroc_axes, numbers, [r.get("global_auroc") for r in rounds], POOLED_COLOUR, "pooled", dashed=True)
+        auroc_axes.set_title("Test AUROC")
+        loss_axes.set_title("Train loss")
+        for axes in (auroc_axes, loss_axes):
+            _finish_axes(axes, ticker)
+        _legend(figure, auroc_axes)  # the same colours in both panels: one legend
+        return _png(figure, plt)
+
+
+def plot_epsilon(results: dict[str, Any], sites: list[str]) -> bytes | None:
+    """Cumulative epsilon per site and round, each site's budget dashed; None without rounds."""
+    rounds = results.get("rounds") or []
+    if not rounds:
+        return None
+    plt, ticker = _pyplot()
+    with plt.rc_context(_STYLE):
+        figure, axes = plt.subplots(figsize=(10, 3.4), layout="constrained")
+        numbers = [r.get("round") for r in rounds]
+        for index, site in enumerate(sites):
+            colour = site_colour(index)
+            _line(axes, numbers, _series(rounds, site, "epsilon"), colour, site)
+            privacy = (results.get("sites") or {}).get(site, {}) or {}
+            budget = (privacy.get("privacy") or {}).get("budget_epsilon")
+            if budget is not None:
+                axes.axhline(budget, color=colour, linestyle="--", linewidth=1.2, label=f"{site} budget")
+        axes.set_title("Epsilon spent (cumulative), budget dashed")
+        _finish_axes(axes, ticker)
+        axes.set_ylim(bottom=0)
+        _legend(figure, axes)
+        return _png(figure, plt)
+
+
+_STYLE = {
+    "text.parse_math": False,  # a site called "a$b" is a name, not TeX
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#e5e5e5",
+    "legend.frameon": False,
+}
+
+
+def _pyplot() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe to call again
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    return plt, ticker
+
+
+def _series(rounds: list[dict[str, Any]], site: str, key: str) -> list[float | None]:
+    return [((r.get("sites") or {}).get(site) or {}).get(key) for r in rounds]
+
+
+def _line(axes: Any, x: list[Any], y: list[float | None], colour: str, label: str, *, dashed: bool = False) -> None:
+    points = [(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None]
+    if not points:
+        return
+    xs, ys = zip(*points, strict=True)
+    axes.plot(xs, ys, color=colour, linewidth=2, marker="o", markersize=5, label=label,
+              linestyle="--" if dashed else "-")
+
+
+def _finish_axes(axes: Any, ticker: Any) -> None:
+    axes.set_xlabel("round")
+    axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
+def _legend(figure: Any, axes: Any) -> None:
+    """Beside the plot, where it hides no line."""
+    handles, labels = axes.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper", fontsize=8)
+
+
+def _png(figure: Any, plt: Any) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
