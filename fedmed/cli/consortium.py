@@ -15,7 +15,7 @@ from fedmed.data import check_folder, render_report
 from fedmed.deploy.provision import DEFAULT_PORT, Consortium, provision
 from fedmed.deploy.run import run_on_consortium
 from fedmed.deploy.superlink import SuperLink
-from fedmed.deploy.supernode import WHAT_LEAVES, SiteFolder, SuperNode
+from fedmed.deploy.supernode import SiteFolder, SuperNode, what_leaves
 from fedmed.errors import DataError
 
 console = Console(highlight=False, soft_wrap=True)
@@ -69,12 +69,12 @@ def start_node(
 ) -> None:
     """Check the data, say what will leave the site, then join the consortium until Ctrl-C."""
     folder = SiteFolder.find(consortium_dir, site)
-    load_site_policy(policy)  # a bad policy fails here, not at the first round
+    terms = load_site_policy(policy)  # a bad policy fails here, not at the first round
     report = check_folder(data)
     render_report(report, console)
     if not report.summary()["readable"]:
         raise DataError(f"{data}: no usable DICOM image; fix the folder before joining (see the list above)")
-    console.print(WHAT_LEAVES)
+    console.print(what_leaves(terms))
     state_dir = state or folder.folder / "state"
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     node = SuperNode(folder, data_dir=data, policy=policy, state_dir=state_dir, cache_dir=cache, runtime_port=runtime_port)

@@ -13,6 +13,7 @@ from rich.table import Table
 from fedmed.config import ExperimentConfig, load_config
 from fedmed.federation.runtime import RunStatus
 from fedmed.federation.simulation import simulate as run_simulation
+from fedmed.report import write_report
 
 console = Console(highlight=False, soft_wrap=True)  # whole lines in logs and CI
 
@@ -41,6 +42,7 @@ def finish(status: RunStatus, results: dict[str, Any] | None, out: Path, elapsed
         raise typer.Exit(1)
     print_results(results)
     console.print(f"run {results['status']} in {elapsed:.0f} s; results in {out / 'results.json'}")
+    console.print(f"report: {write_report(out)}")
     if results["status"] != "completed":
         console.print(f"[bold red]stopped:[/] {results['status_reason']}")
         raise typer.Exit(1)
@@ -81,6 +83,18 @@ class ProgressPrinter:
             console.print(f"{prefix} test AUROC {sites}  pooled {_fmt(event.get('global_auroc'))}")
         elif kind == "failure":
             console.print(f"{prefix} [yellow]{event['stage']} refused:[/] {event['reason']}")
+        elif kind == "local-model":
+            metrics = event["metrics"]
+            console.print(
+                f"local model {event['site']}: trained on its data alone, loss {metrics['train_loss']:.3f} "
+                f"eps {metrics['epsilon']:.2f} (cumulative)"
+            )
+        elif kind == "cross-site":
+            cells = "  ".join(
+                f"{model} {'suppressed' if cell.get('suppressed') else _fmt(cell.get('auroc'))}"
+                for model, cell in event["cells"].items()
+            )
+            console.print(f"cross-site at {event['site']}: AUROC {cells}")
         elif kind == "secure-aggregation" and "abandoned" in event:
             console.print(f"{prefix} [yellow]abandoned:[/] {event['abandoned']}")
         elif kind == "secure-aggregation":
@@ -104,3 +118,22 @@ def print_results(results: dict[str, Any]) -> None:
         )
     console.print(table)
     console.print(f"pooled test AUROC over all sites: [bold]{_fmt(results['global']['auroc'])}[/]")
+    evaluation = results.get("evaluation") or {}
+    comparison = evaluation.get("comparison", {})
+    if any(v is not None for row in comparison.values() for k, v in row.items() if k != "federated"):
+        table = Table("site", "federated", "site alone", "pooled data", "unseen (left out)", title="test AUROC by model")
+        for site, row in comparison.items():
+            table.add_row(site, *(_fmt(row[k]) for k in ("federated", "local", "pooled", "unseen")))
+        console.print(table)
+    for model, reason in evaluation.get("refused", {}).items():
+        console.print(f"[yellow]no {model} model:[/] {reason}")
+    findings = evaluation.get("findings")
+    if findings:
+        console.print("[bold]findings[/]")
+        for finding in findings:
+            console.print(f"  {finding['text']}")
+    elif evaluation.get("subgroups"):
+        console.print(
+            f"no subgroup or site gap above {evaluation['finding_gap']:g} AUROC with separate "
+            f"{evaluation['confidence']:.0%} intervals"
+        )

@@ -37,6 +37,11 @@ class SitePolicy(Section):
     max_local_epochs: Annotated[int, Field(ge=1)] | None = None
     require_secure_aggregation: bool = True
     """Refuse to send an update the server could read; only a test bench should say false."""
+    min_cell_size: Annotated[int, Field(ge=1)] = 10
+    """Evaluation metrics over fewer patients than this never leave the site ("suppressed")."""
+    share_local_model: bool = False
+    """Let a model trained on this site's data alone leave the site for cross-site evaluation.
+    It is DP-trained like every update, but the server sees it in the clear."""
     approved_code: list[str] | None = None
     """Digests of the code the hospital reviewed (``fedmed code-digest``). None: a real
     site refuses to train; a simulated one does not check."""

@@ -129,6 +129,24 @@ class SecureAggregationConfig(Section):
     """On unless a config turns it off; a site whose policy requires it refuses to train without."""
 
 
+class EvaluationConfig(Section):
+    """Cross-site and subgroup evaluation at the end of a run, and which baselines to train."""
+
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    """Operating threshold on the model's score for sensitivity and specificity."""
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    """Level of the bootstrap confidence intervals."""
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 1000
+    finding_gap: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    """An AUROC gap larger than this, with non-overlapping intervals, is reported as a finding."""
+    local_models: bool = False
+    """Each site also trains a model on its own data alone (same DP terms; spends its budget)."""
+    pooled_baseline: bool = False
+    """Simulation only: a model trained with DP-SGD on all sites' data pooled, the upper bound."""
+    leave_one_site_out: bool = False
+    """Simulation only: one federation without each site, evaluated on the site it never saw."""
+
+
 class SimulationConfig(Section):
     """The virtual hospitals of Flower's simulation engine: resources and their own disks.
 
@@ -158,6 +176,7 @@ class ExperimentConfig(Section):
     training: TrainingConfig
     privacy: PrivacyConfig
     secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     simulation: SimulationConfig = SimulationConfig()
 
     @model_validator(mode="after")

@@ -13,13 +13,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedmed.config import SitePolicy
 from fedmed.deploy.provision import CONSORTIUM_FILE, Consortium
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import Key
 from fedmed.federation.runtime import FlowerRuntimeError, LoggedProcess, flower_bin, flower_environment
 from fedmed.secure.manifest import MANIFEST_FILE
 
-WHAT_LEAVES = """\
+
+def what_leaves(policy: SitePolicy) -> str:
+    """What this site sends under its policy, in words a hospital's IT can check."""
+    local_model = (
+        "  - once per run, a model trained with DP-SGD on this site's data alone, in the clear,\n"
+        "    for cross-site evaluation (the policy's share_local_model allows it);\n"
+        if policy.share_local_model else ""
+    )
+    return f"""\
 What leaves this site, and nothing else:
   - each round's model update, masked by secure aggregation: the server can decode only the
     sum over at least a majority of the round's sites (a site whose policy requires it
@@ -27,7 +36,11 @@ What leaves this site, and nothing else:
   - each round's privacy ledger entry (noise, sampling rate, steps, epsilon, hashes), signed
     with this site's key, and the site's public key;
   - per-round metrics: example counts, training loss, epsilon and delta, test AUROC and
-    accuracy, a 100-bin histogram of test scores per class, the number of skipped files.
+    accuracy, a 100-bin histogram of test scores per class, the number of skipped files;
+{local_model}  - at the end of a run, for every model the server sends and for each sex, age band and
+    scanner manufacturer: patient count, prevalence, AUROC with its interval, sensitivity,
+    specificity and calibration error, only for groups of at least {policy.min_cell_size} patients
+    (min_cell_size); smaller groups are sent as "suppressed".
 No image, label, file name or DICOM tag leaves the site."""
 
 

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from pydantic import ValidationError
 
 from fedmed.config import (
+    EvaluationConfig,
     ExperimentConfig,
     ModelConfig,
     PrivacyConfig,
@@ -40,6 +41,7 @@ class Key(StrEnum):
     SITE_ID = "site-id"
     LEDGER = "ledger"
     PUBLIC_KEY = "public-key"
+    EVALUATION = "evaluation"
     # MetricRecord entries
     NUM_EXAMPLES = "num-examples"
     TRAIN_LOSS = "train-loss"
@@ -59,6 +61,7 @@ class Key(StrEnum):
     # run config (set by `fedmed simulate` and `fedmed run`)
     CONFIG_PATH = "config-path"
     OUT_DIR = "out-dir"
+    BASELINES_DIR = "baselines-dir"
     # node config: `partition-id` in simulation; at a hospital `site-id`, `data-dir`,
     # `state-dir`, `policy-path`, `manifest-path` and optionally `cache-dir`, `signing-key`
     PARTITION_ID = "partition-id"
@@ -68,6 +71,15 @@ class Key(StrEnum):
     POLICY_PATH = "policy-path"
     SIGNING_KEY = "signing-key"
     MANIFEST_PATH = "manifest-path"
+
+
+LOCAL_MODEL_ACTION = "local_model"
+"""``train.local_model``: a site trains a model on its data alone, for cross-site evaluation."""
+CROSS_SITE_ACTION = "cross_site"
+"""``evaluate.cross_site``: a site evaluates every model the server holds, by subgroup."""
+GLOBAL_MODEL = "global"
+MODEL_PREFIX = "model:"
+"""In a cross-site message each model travels in its own ArrayRecord, keyed ``model:<id>``."""
 
 
 class ErrorCode(IntEnum):
@@ -85,6 +97,7 @@ class RoundPlan(Section):
     training: TrainingConfig
     privacy: PrivacyConfig
     secure_aggregation: SecureAggregationConfig
+    evaluation: EvaluationConfig
 
 
 def encode_plan(config: ExperimentConfig) -> ConfigRecord:
@@ -98,6 +111,7 @@ def encode_plan(config: ExperimentConfig) -> ConfigRecord:
         training=config.training,
         privacy=config.privacy,
         secure_aggregation=config.secure_aggregation,
+        evaluation=config.evaluation,
     )
     return ConfigRecord({Key.PLAN: plan.model_dump_json()})
 

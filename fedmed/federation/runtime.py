@@ -69,6 +69,9 @@ def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> 
         RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
         RAY_TMPDIR=str(flwr_home),
         RAY_DEDUP_LOGS="1",
+        # Flower's processes start one another by name: find them beside this Python even
+        # when its environment was not activated (`.venv/bin/fedmed ...`).
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
     env.update(extra or {})
     return env
@@ -268,14 +271,20 @@ class SimulationEngine:
         cpus_per_node: int,
         gpus_per_node: float,
         poll: Callable[[], None],
+        log_path: Path | None = None,
     ) -> RunStatus:
-        """Submit the app to the simulation engine and follow it (see FlowerConnection.run)."""
+        """Submit the app to the simulation engine and follow it (see FlowerConnection.run).
+
+        One engine takes several runs, one after another; each logs to ``log_path``
+        (default: flower.log in the engine's folder).
+        """
         federation = (
             f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node} "
             f"client-resources-num-gpus={float(gpus_per_node)}"
         )
         return self.connection.run(
-            run_config=run_config, log_path=self.workdir / "flower.log", poll=poll, federation_config=federation,
+            run_config=run_config, log_path=log_path or self.workdir / "flower.log", poll=poll,
+            federation_config=federation,
         )
 
     def __exit__(self, *exc_info: object) -> None:

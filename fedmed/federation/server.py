@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from fedmed import __version__
 from fedmed.config import ExperimentConfig, load_config
 from fedmed.errors import FedmedError
+from fedmed.federation.cross_site import cross_site_evaluation, load_baselines
 from fedmed.federation.messages import Key, encode_plan, state_from_arrays
 from fedmed.federation.secure_rounds import RECORD, Field, secure_aggregate
 from fedmed.models import create_model, float_state
@@ -58,6 +60,8 @@ class SiteTrackingFedAvg(FedAvg):
         """Set when updates are securely aggregated: the consortium's site keys."""
         self._grid: Grid | None = None
         self._global: ArrayRecord | None = None
+        self.node_sites: dict[int, str] = {}
+        """Which site each node has answered as: names the site behind a later refusal."""
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._grid, self._global = grid, arrays  # secure aggregation talks to the sites again
@@ -69,6 +73,8 @@ class SiteTrackingFedAvg(FedAvg):
         valid, failed = self._check_and_log_replies(list(replies), is_train=stage == "train", validate=not secure_train)
         for msg in failed:
             self.recorder.record_failure(server_round, stage, msg.metadata.src_node_id, msg.error.reason or "")
+        for msg in valid:
+            self.node_sites[msg.metadata.src_node_id] = _site_of(msg)
         if len(valid) < self.min_sites:
             raise TooFewSites(
                 f"round {server_round}: only {len(valid)} site(s) completed {stage} "
@@ -143,18 +149,32 @@ def run_federation(grid: Grid, context: Context) -> None:
     out_dir = Path(str(context.run_config[Key.OUT_DIR]))
     recorder = RunRecorder(out_dir, config)
     manifest_path = Path(str(context.run_config.get(Key.MANIFEST_PATH) or config.state_root / MANIFEST_FILE))
+    baselines_dir = str(context.run_config.get(Key.BASELINES_DIR) or "")
     status, reason, arrays = "completed", None, None
     try:
-        arrays = train_federation(grid, config, recorder, manifest_path=manifest_path)
+        trained = train_federation(grid, config, recorder, manifest_path=manifest_path)
+        arrays = trained.arrays
+        save_model(out_dir / MODEL_FILE, config, arrays)
+        cross_site_evaluation(
+            grid, config, recorder, global_arrays=arrays, initial_arrays=trained.initial,
+            node_sites=trained.node_sites, baselines=load_baselines(Path(baselines_dir) if baselines_dir else None),
+        )
     except FedmedError as error:  # too few sites, or no key manifest for secure aggregation
         status, reason = "stopped", str(error)
         log.warning("%s", reason)
-    if arrays is not None:
-        save_model(out_dir / MODEL_FILE, config, arrays)
     recorder.write(status=status, reason=reason)
 
 
-def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, manifest_path: Path) -> ArrayRecord:
+@dataclass(frozen=True)
+class TrainedFederation:
+    arrays: ArrayRecord
+    """The global model after the last round."""
+    initial: ArrayRecord
+    """The weights every site started from; local-only models start from them too."""
+    node_sites: dict[int, str]
+
+
+def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, manifest_path: Path) -> TrainedFederation:
     torch.manual_seed(config.training.seed)
     model = create_model(config.model.name, image_size=config.data.image_size)
     manifest = load_manifest(manifest_path) if config.secure_aggregation.enabled else None
@@ -168,7 +188,8 @@ def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder
         evaluate_config=encode_plan(config),
     )
     # Flower leaves ``result.arrays`` empty when no round produced a model (all abandoned).
-    return result.arrays if len(result.arrays) else initial
+    arrays = result.arrays if len(result.arrays) else initial
+    return TrainedFederation(arrays=arrays, initial=initial, node_sites=strategy.node_sites)
 
 
 def save_model(path: Path, config: ExperimentConfig, arrays: ArrayRecord) -> None:

@@ -11,6 +11,7 @@ from fedmed.config import ExperimentConfig
 from fedmed.data import synthesize_hospitals
 from fedmed.data.synth import site_names
 from fedmed.errors import DataError
+from fedmed.federation.baselines import train_baselines
 from fedmed.federation.messages import Key
 from fedmed.federation.node import SIGNING_KEY_FILE
 from fedmed.federation.runtime import RunStatus, SimulationEngine
@@ -102,9 +103,13 @@ def simulate(
         out_dir, env_extra={"FEDMED_TORCH_THREADS": threads, "OMP_NUM_THREADS": threads}
     )
     with engine:
+        baselines = train_baselines(config, out_dir, engine, announce=announce)
         announce(f"Flower simulation engine: {len(config.data.sites)} virtual SuperNodes")
+        run_config = {Key.CONFIG_PATH: str(config_path.resolve()), Key.OUT_DIR: str(out_dir.resolve())}
+        if baselines is not None:
+            run_config[Key.BASELINES_DIR] = str(baselines.resolve())
         status = engine.run(
-            run_config={Key.CONFIG_PATH: str(config_path.resolve()), Key.OUT_DIR: str(out_dir.resolve())},
+            run_config=run_config,
             num_supernodes=len(config.data.sites),
             cpus_per_node=config.simulation.cpus_per_site,
             gpus_per_node=config.simulation.gpus_per_site,

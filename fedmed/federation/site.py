@@ -8,9 +8,11 @@ error reply naming the site, so the server carries on with the others.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -19,7 +21,10 @@ from fedmed.config import DeviceName, SitePolicy, load_site_policy
 from fedmed.data import SiteData, dataset_fingerprint, default_cache_dir, load_site_data
 from fedmed.errors import ConfigError, PrivacyError
 from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
+from fedmed.evaluation.subgroups import evaluate_subgroups
 from fedmed.federation.messages import (
+    GLOBAL_MODEL,
+    MODEL_PREFIX,
     Key,
     RoundPlan,
     arrays_from_state,
@@ -60,6 +65,18 @@ def evaluate_round(msg: Message, context: Context) -> Message:
     return reply_or_refuse(msg, context, _evaluate)
 
 
+def local_model_round(msg: Message, context: Context) -> Message:
+    """Handle a request for a model trained on this site's data alone (policy permitting)."""
+    _set_threads()
+    return reply_or_refuse(msg, context, _train_local_model)
+
+
+def cross_site_round(msg: Message, context: Context) -> Message:
+    """Handle the end-of-run evaluation: every model the server holds, on local test data."""
+    _set_threads()
+    return reply_or_refuse(msg, context, _evaluate_cross_site)
+
+
 def _set_threads() -> None:
     if threads := os.environ.get("FEDMED_TORCH_THREADS"):  # set by `fedmed simulate`
         torch.set_num_threads(int(threads))
@@ -89,9 +106,24 @@ def _policy(site: Site) -> SitePolicy:
     return load_site_policy(site.policy_path)
 
 
-def _train(msg: Message, context: Context, site: Site) -> Message:
+@dataclass
+class _Trained:
+    """What one stretch of DP training at a site produced, already on the site's books."""
+
+    update: dict[str, torch.Tensor]
+    metrics: MetricRecord
+    site_record: ConfigRecord
+
+
+def _train_privately(
+    msg: Message, context: Context, site: Site, plan: RoundPlan, *, ledger_round: int, rounds: int, epochs: int,
+) -> _Trained:
+    """Check the terms and the budget, train with DP-SGD, and book the spend before replying.
+
+    ``rounds`` and ``epochs`` describe the planned training: a federated round plans the
+    run's rounds of ``local_epochs`` each; a local-only model plans one stretch of them all.
+    """
     started = time.perf_counter()
-    plan = decode_plan(msg.content[Key.CONFIG])
     policy = _policy(site)
     check_code_approval(policy, site=site.site_id, simulated=site.simulated)
     training = plan.training
@@ -104,12 +136,8 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     # The site keeps its books at its own delta and accountant, whatever the run asks.
     terms = plan.privacy.model_copy(update={"delta": policy.delta, "accountant": policy.accountant})
     privacy = plan_privacy(
-        terms,
-        site=site.site_id,
-        n_train=len(data.train),
-        batch_size=training.batch_size,
-        local_epochs=training.local_epochs,
-        rounds=training.rounds,
+        terms, site=site.site_id, n_train=len(data.train), batch_size=training.batch_size,
+        local_epochs=epochs, rounds=rounds,
     )
     check_noise(policy, privacy, site=site.site_id)
     books = PrivacyBooks(
@@ -121,14 +149,13 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
 
     received = state_from_arrays(msg.content[Key.ARRAYS])
     model = _model(plan, received)
-    server_round = int(msg.content[Key.CONFIG][Key.SERVER_ROUND])
-    torch.manual_seed(training.seed * 1_000_003 + server_round)
+    torch.manual_seed(training.seed * 1_000_003 + ledger_round)
     outcome = train_private(
         model,
         data.train.as_torch_dataset(),
         privacy,
         history=history,
-        epochs=training.local_epochs,
+        epochs=epochs,
         batch_size=training.batch_size,
         learning_rate=training.learning_rate,
         momentum=training.momentum,
@@ -136,11 +163,12 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
         device=select_device(training.device),
     )
     update = float_state(model)
-    first_in_run = all(e.run_id != str(context.run_id) for e in books.verified)
+    run_id = str(context.run_id)
+    first_in_run = all(e.run_id != run_id for e in books.verified)
     entry = books.record(  # the spend is signed and on disk before anything leaves the site
         site=site.site_id,
-        run_id=str(context.run_id),
-        round=server_round,
+        run_id=run_id,
+        round=ledger_round,
         n_records=len(data.train),
         model_hash=hash_state(received),
         update_hash=hash_state(update),
@@ -177,16 +205,56 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
             Key.PUBLIC_KEY: public_key_pem(books.key),
         }
     )
-    content = RecordDict({Key.METRICS: metrics, Key.SITE: site_record})
+    return _Trained(update=update, metrics=metrics, site_record=site_record)
+
+
+def _train(msg: Message, context: Context, site: Site) -> Message:
+    plan = decode_plan(msg.content[Key.CONFIG])
+    server_round = int(msg.content[Key.CONFIG][Key.SERVER_ROUND])
+    training = plan.training
+    trained = _train_privately(
+        msg, context, site, plan, ledger_round=server_round, rounds=training.rounds, epochs=training.local_epochs,
+    )
+    content = RecordDict({Key.METRICS: trained.metrics, Key.SITE: trained.site_record})
     if plan.secure_aggregation.enabled:  # the update stays here until it is masked
+        received = state_from_arrays(msg.content[Key.ARRAYS])
         advert = begin_round(
             context.state, site=site.site_id, run=str(msg.metadata.run_id), round=server_round,
-            identity=books.key, update={name: (update[name] - received[name]).numpy() for name in update},
-            weight=len(data.train),
+            identity=signing_key(site),
+            update={name: (trained.update[name] - received[name]).numpy() for name in trained.update},
+            weight=int(trained.metrics[Key.NUM_EXAMPLES]),
         )
         content[RECORD] = ConfigRecord({Field.ADVERT: advert})
     else:
-        content[Key.ARRAYS] = arrays_from_state(update)
+        content[Key.ARRAYS] = arrays_from_state(trained.update)
+    return Message(content=content, reply_to=msg)
+
+
+LOCAL_MODEL_ROUND = 0
+"""Ledger round of a site's local-only model: booked like any round, outside the federation's."""
+
+
+def _train_local_model(msg: Message, context: Context, site: Site) -> Message:
+    """Train a model on this site's data alone, from the run's initial weights, and share it.
+
+    Same DP terms as a federated round, for all the run's epochs at once; the spend goes
+    on the site's books. Only a site whose policy allows ``share_local_model`` sends it.
+    """
+    policy = _policy(site)
+    if not policy.share_local_model:
+        raise PrivacyError(
+            f"site {site.site_id} does not share a model trained on its data alone: its policy "
+            "leaves share_local_model false"
+        )
+    plan = decode_plan(msg.content[Key.CONFIG])
+    training = plan.training
+    trained = _train_privately(
+        msg, context, site, plan, ledger_round=LOCAL_MODEL_ROUND, rounds=1,
+        epochs=training.local_epochs * training.rounds,
+    )
+    content = RecordDict(
+        {Key.METRICS: trained.metrics, Key.SITE: trained.site_record, Key.ARRAYS: arrays_from_state(trained.update)}
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -217,3 +285,34 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     )
     content = RecordDict({Key.METRICS: metrics, Key.SITE: ConfigRecord({Key.SITE_ID: site.site_id})})
     return Message(content=content, reply_to=msg)
+
+
+def _evaluate_cross_site(msg: Message, context: Context, site: Site) -> Message:
+    """Aggregate metrics of every model, and subgroup cells of the global one.
+
+    A cell over fewer patients than the site's ``min_cell_size`` is replaced by
+    ``{"suppressed": true}`` here, before anything is sent.
+    """
+    policy = _policy(site)
+    check_code_approval(policy, site=site.site_id, simulated=site.simulated)
+    plan = decode_plan(msg.content[Key.CONFIG])
+    settings = plan.evaluation
+    data = _load(site, plan)
+    labels = data.test.labels.numpy()
+    device = select_device(plan.training.device)
+    cells, subgroups = {}, {}
+    for name, arrays in msg.content.array_records.items():
+        if not name.startswith(MODEL_PREFIX):
+            continue
+        model_id = name.removeprefix(MODEL_PREFIX)
+        scores = predict_scores(_model(plan, state_from_arrays(arrays)), data.test.images, device=device)
+        analysis = evaluate_subgroups(
+            labels, scores, data.test.metadata, threshold=settings.threshold, min_cell_size=policy.min_cell_size,
+            confidence=settings.confidence, n_resamples=settings.bootstrap_samples, seed=plan.training.seed,
+        )
+        cells[model_id] = analysis["overall"]
+        if model_id == GLOBAL_MODEL:
+            subgroups = analysis
+    report = json.dumps({"models": cells, "subgroups": subgroups})
+    record = ConfigRecord({Key.SITE_ID: site.site_id, Key.EVALUATION: report})
+    return Message(content=RecordDict({Key.SITE: record}), reply_to=msg)

@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from fedmed import __version__
 from fedmed.config import ExperimentConfig
 from fedmed.evaluation import roc_auc_from_histograms
+from fedmed.evaluation.findings import find_findings
 from fedmed.privacy.audit import privacy_statement
 
 RESULTS_FILE = "results.json"
@@ -49,6 +51,11 @@ class RunRecorder:
         self._histograms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._ledgers: dict[str, dict[int, str]] = {}
         self._public_keys: dict[str, str] = {}
+        self._models: list[str] = []
+        self._refused: dict[str, str] = {}
+        self._local_models: dict[str, dict[str, float]] = {}
+        self._cross_site: dict[str, dict[str, dict[str, Any]]] = {}
+        self._subgroups: dict[str, dict[str, Any]] = {}
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / PROGRESS_FILE).write_text("", encoding="utf-8")
         self.emit("start", rounds=config.training.rounds, sites=config.data.sites)
@@ -98,6 +105,24 @@ class RunRecorder:
         self._round(server_round).secure_aggregation = summary
         self.emit("secure-aggregation", round=server_round, **summary)
 
+    def record_local_model(self, site: str, metrics: dict[str, float]) -> None:
+        """A site trained and shared a model on its own data alone."""
+        self._local_models[site] = metrics
+        self.emit("local-model", site=site, metrics=metrics)
+
+    def record_model_refused(self, model_id: str, reason: str) -> None:
+        self._refused[model_id] = reason
+
+    def set_models(self, model_ids: list[str]) -> None:
+        """The models sent for cross-site evaluation, in the order the report lists them."""
+        self._models = list(model_ids)
+
+    def record_cross_site(self, site: str, cells: dict[str, dict[str, Any]], subgroups: dict[str, Any]) -> None:
+        """One site's metrics for every model, and its subgroup analysis of the global model."""
+        self._cross_site[site] = cells
+        self._subgroups[site] = subgroups
+        self.emit("cross-site", site=site, cells=cells)
+
     def pooled_auroc(self) -> float | None:
         """AUROC over all sites' test sets pooled, from the latest score histograms."""
         if not self._histograms:
@@ -137,6 +162,7 @@ class RunRecorder:
             "status": status,
             "status_reason": reason,
             "started_at": self.started,
+            "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
             "wall_seconds": time.time() - self.started,
             "config": self.config.model_dump(mode="json"),
             "rounds": rounds,
@@ -146,6 +172,38 @@ class RunRecorder:
                 "n_test": sum(s["n_test"] for s in tested),
                 "sites_evaluated": len(tested),
             },
+            "evaluation": self._evaluation(),
+        }
+
+    def _evaluation(self) -> dict[str, Any]:
+        """The cross-site matrix, subgroup analyses and findings (docs/results.md)."""
+        settings = self.config.evaluation
+        sites = self.config.data.sites
+        matrix = {model: {site: self._cross_site.get(site, {}).get(model) for site in sites} for model in self._models}
+
+        def auroc(model: str, site: str) -> float | None:
+            return (matrix.get(model, {}).get(site) or {}).get("auroc")
+
+        subgroups = {site: self._subgroups[site] for site in sites if site in self._subgroups}
+        return {
+            "threshold": settings.threshold,
+            "confidence": settings.confidence,
+            "bootstrap_samples": settings.bootstrap_samples,
+            "finding_gap": settings.finding_gap,
+            "models": [{"id": model, "label": model_label(model)} for model in self._models],
+            "refused": dict(self._refused),
+            "matrix": matrix,
+            "subgroups": subgroups,
+            "comparison": {
+                site: {
+                    "federated": auroc("global", site),
+                    "local": auroc(f"local:{site}", site),
+                    "pooled": auroc("pooled", site),
+                    "unseen": auroc(f"without:{site}", site),
+                }
+                for site in sites
+            },
+            "findings": find_findings(subgroups, min_gap=settings.finding_gap, confidence=settings.confidence),
         }
 
     def _site_summary(self, site: str) -> dict[str, Any]:
@@ -168,6 +226,7 @@ class RunRecorder:
             "skipped_files": last_eval.get("skipped_files", last_train.get("skipped_files")),
             "train_seconds": sum(t.get("seconds", 0.0) for t in trained),
             "eval_seconds": sum(e.get("seconds", 0.0) or 0.0 for e in evaluated),
+            "local_model": self._local_models.get(site),
         }
 
     def write(self, *, status: str, reason: str | None = None) -> Path:
@@ -197,6 +256,13 @@ class RunRecorder:
             "dataset_fingerprint": last["dataset_fingerprint"],
             "ledger": f"{LEDGERS_DIR}/{site}.jsonl",
         }
+
+
+def model_label(model_id: str) -> str:
+    """How the report names a model: ``global`` is the federated one."""
+    kind, _, site = model_id.partition(":")
+    labels = {"global": "federated", "pooled": "pooled data", "local": f"{site} alone", "without": f"federated without {site}"}
+    return labels.get(kind, model_id)
 
 
 def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def test_plan_round_trips(quickstart: ExperimentConfig) -> None:
 
 def test_plan_leaves_site_details_at_the_server(quickstart: ExperimentConfig) -> None:
     payload = plan_json(quickstart)
-    assert set(payload) == {"model", "image_size", "training", "privacy", "secure_aggregation"}
+    assert set(payload) == {"model", "image_size", "training", "privacy", "secure_aggregation", "evaluation"}
     assert "quickstart" not in json.dumps(payload)  # no data paths or run name
 
 

@@ -1,0 +1,120 @@
+"""Simulation-only baselines: what a researcher holding every site's data can also measure.
+
+- **Pooled**: one model trained with DP-SGD on all sites' training data together, under
+  the run's DP terms and for as many epochs as a site trains in the whole run: the upper
+  bound a federation aims for.
+- **Leave one site out**: the same federation without each site in turn, which meets that
+  site for the first time in cross-site evaluation: how the model does at a new hospital.
+
+Neither can exist in a real consortium. Their spend is booked in scratch folders under
+the run folder, never in a simulated hospital's own books, and the report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import ConcatDataset
+
+from fedmed.config import ExperimentConfig
+from fedmed.data import default_cache_dir, load_site_data
+from fedmed.federation.messages import Key
+from fedmed.federation.runtime import SimulationEngine
+from fedmed.federation.site import select_device
+from fedmed.models import create_model, float_state
+from fedmed.privacy import plan_privacy, train_private
+from fedmed.report import MODEL_FILE
+
+BASELINES_DIR = "baselines"
+
+
+def train_baselines(
+    config: ExperimentConfig, out_dir: Path, engine: SimulationEngine, *, announce: Callable[[str], None],
+) -> Path | None:
+    """Train the baselines the config asks for; return the folder of their models, or None."""
+    settings = config.evaluation
+    if not (settings.pooled_baseline or settings.leave_one_site_out):
+        return None
+    folder = out_dir / BASELINES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.pt"):
+        stale.unlink()
+    if settings.pooled_baseline:
+        announce("baseline: DP-SGD on all sites' training data pooled (simulation only)")
+        save_baseline(folder / "pooled.pt", "pooled", train_pooled(config))
+    if settings.leave_one_site_out and len(config.data.sites) > 1:
+        for site in config.data.sites:
+            announce(f"baseline: the federation without {site} (simulation only)")
+            state = train_without(config, site, folder / f"without-{site}", engine)
+            if state is None:
+                announce(f"baseline without {site} did not complete; see {folder / f'without-{site}'}")
+                continue
+            save_baseline(folder / f"without-{site}.pt", f"without:{site}", state)
+    return folder
+
+
+def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """DP-SGD on every site's training set at once, with the run's terms and epochs."""
+    training = config.training
+    cache = config.data.cache_dir or default_cache_dir()
+    sets = [
+        load_site_data(config.data.root / site, image_size=config.data.image_size, cache_dir=cache).train
+        for site in config.data.sites
+    ]
+    dataset = ConcatDataset([s.as_torch_dataset() for s in sets])
+    epochs = training.local_epochs * training.rounds
+    plan = plan_privacy(
+        config.privacy, site="pooled", n_train=len(dataset), batch_size=training.batch_size,
+        local_epochs=epochs, rounds=1,
+    )
+    torch.manual_seed(training.seed)
+    model = create_model(config.model.name, image_size=config.data.image_size)
+    train_private(
+        model, dataset, plan, history=[], epochs=epochs, batch_size=training.batch_size,
+        learning_rate=training.learning_rate, momentum=training.momentum, device=select_device(training.device),
+    )
+    return float_state(model)
+
+
+def train_without(config: ExperimentConfig, left_out: str, folder: Path, engine: SimulationEngine) -> dict[str, torch.Tensor] | None:
+    """Run the federation without ``left_out`` in Flower's engine; its global model, or None."""
+    from fedmed.federation.simulation import prepare_site_keys  # simulation imports this module
+
+    sites = [s for s in config.data.sites if s != left_out]
+    folder.mkdir(parents=True, exist_ok=True)
+    reduced = config.model_copy(
+        update={
+            "name": f"{config.name} without {left_out}",
+            "data": config.data.model_copy(update={"sites": sites, "synthesize": None}),
+            "training": config.training.model_copy(update={"min_sites": min(config.min_sites, len(sites))}),
+            "evaluation": config.evaluation.model_copy(
+                update={"local_models": False, "pooled_baseline": False, "leave_one_site_out": False}
+            ),
+            "simulation": config.simulation.model_copy(
+                update={
+                    "state_root": folder / "state",  # scratch books: no hospital's own
+                    "site_policies": {s: p for s, p in config.simulation.site_policies.items() if s in sites},
+                }
+            ),
+        }
+    )
+    config_path = folder / "config.yaml"
+    config_path.write_text(yaml.safe_dump(reduced.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    prepare_site_keys(reduced)
+    threads = config.simulation
+    engine.run(
+        run_config={Key.CONFIG_PATH: str(config_path.resolve()), Key.OUT_DIR: str(folder.resolve())},
+        num_supernodes=len(sites), cpus_per_node=threads.cpus_per_site, gpus_per_node=threads.gpus_per_site,
+        poll=lambda: None, log_path=folder / "flower.log",
+    )
+    model_file = folder / MODEL_FILE
+    if not model_file.exists():
+        return None
+    return torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def save_baseline(path: Path, model_id: str, state: dict[str, torch.Tensor]) -> None:
+    torch.save({"model_id": model_id, "state_dict": state}, path)
