@@ -109,7 +109,8 @@ def fresh_books_config(out_dir: Path) -> Path:
     """The quickstart config with the hospitals' privacy books in ``out_dir``.
 
     Simulated hospitals keep their spend across runs; a benchmark must not be refused
-    because the quickstart already spent the demo policy's budget on this data.
+    because the quickstart already spent the demo policy's budget on this data. The
+    local-only models and the pooled baseline are left out: this measures the federation.
     """
     import yaml
 
@@ -120,6 +121,7 @@ def fresh_books_config(out_dir: Path) -> Path:
     raw["data"]["root"] = str(resolved.data.root)
     raw["simulation"]["site_policy"] = str(resolved.simulation.site_policy)
     raw["simulation"]["state_root"] = str(out_dir / "hospital-state")
+    raw["evaluation"] = {**raw.get("evaluation", {}), "local_models": False, "pooled_baseline": False}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "quickstart-benchmark.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")

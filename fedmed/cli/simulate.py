@@ -69,7 +69,8 @@ class ProgressPrinter:
         self.rounds = rounds
 
     def __call__(self, event: dict[str, Any]) -> None:
-        kind, prefix = event["event"], f"round {event.get('round', '?')}/{self.rounds}"
+        kind = event["event"]
+        prefix = f"round {event['round']}/{self.rounds}" if "round" in event else "end of run"
         if kind == "train":
             sites = "  ".join(
                 f"{site} loss {m['train_loss']:.3f} eps {m['epsilon']:.2f}"

@@ -57,7 +57,7 @@ def cross_site_evaluation(
     recorder.set_models(list(models))
     for reply in _ask_all(grid, nodes, f"evaluate.{CROSS_SITE_ACTION}", content):
         if reply.has_error():
-            recorder.record_failure(0, "cross-site evaluation", reply.metadata.src_node_id, reply.error.reason or "")
+            recorder.record_failure(None, "cross-site evaluation", reply.metadata.src_node_id, reply.error.reason or "")
             continue
         record = reply.content[Key.SITE]
         report = json.loads(str(record[Key.EVALUATION]))
@@ -78,7 +78,7 @@ def _collect_local_models(
             site = node_sites.get(node)
             if site is not None:
                 recorder.record_model_refused(local_model_id(site), reason)
-            recorder.record_failure(0, "local model", node, reason)
+            recorder.record_failure(None, "local model", node, reason)
             continue
         site = str(reply.content[Key.SITE][Key.SITE_ID])
         record = reply.content[Key.SITE]

@@ -97,7 +97,7 @@ class RoundPlan(Section):
     training: TrainingConfig
     privacy: PrivacyConfig
     secure_aggregation: SecureAggregationConfig
-    evaluation: EvaluationConfig
+    evaluation: EvaluationConfig = EvaluationConfig()
 
 
 def encode_plan(config: ExperimentConfig) -> ConfigRecord:

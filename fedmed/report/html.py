@@ -112,7 +112,7 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         "convergence_png": png_data_uri(convergence) if convergence else None,
         "epsilon_png": png_data_uri(epsilon) if epsilon else None,
         "evaluation": _evaluation_view(evaluation, sites) if isinstance(evaluation, dict) else None,
-        "failures": _failures(rounds),
+        "failures": _failures(rounds, evaluation if isinstance(evaluation, dict) else {}),
         "legend_stops": [auroc_colour(AUROC_RANGE[0] + i * (AUROC_RANGE[1] - AUROC_RANGE[0]) / 10) for i in range(11)],
         "suppressed_colour": SUPPRESSED_COLOUR,
     }
@@ -137,13 +137,15 @@ def _evaluation_view(evaluation: dict[str, Any], sites: list[str]) -> dict[str, 
     }
 
 
-def _failures(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every refused or failed step, and every round whose masked sum was abandoned."""
+def _failures(rounds: list[dict[str, Any]], evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every refused or failed step, every round whose masked sum was abandoned, and the
+    refusals of the end-of-run evaluation (no round)."""
     rows = [{"round": r.get("round"), **_dict(f)} for r in rounds for f in r.get("failures") or []]
     for r in rounds:
         abandoned = _dict(r.get("secure_aggregation")).get("abandoned")
         if abandoned:
             rows.append({"round": r.get("round"), "stage": "secure aggregation", "node": None, "reason": abandoned})
+    rows += [{"round": None, **_dict(f)} for f in evaluation.get("failures") or []]
     return rows
 
 

@@ -52,7 +52,11 @@ def plot_convergence(results: dict[str, Any], sites: list[str]) -> bytes | None:
 
 
 def plot_epsilon(results: dict[str, Any], sites: list[str]) -> bytes | None:
-    """Cumulative epsilon per site and round, each site's budget dashed; None without rounds."""
+    """Cumulative epsilon per site and round, each site's budget dashed; None without rounds.
+
+    A site's local-only model spends after the last round: a star one step further on, so
+    the plot ends at what the site has really spent.
+    """
     rounds = results.get("rounds") or []
     if not rounds:
         return None
@@ -64,11 +68,15 @@ def plot_epsilon(results: dict[str, Any], sites: list[str]) -> bytes | None:
             colour = site_colour(index)
             _line(axes, numbers, _series(rounds, site, "epsilon"), colour, site)
             privacy = (results.get("sites") or {}).get(site, {}) or {}
+            _local_model_spend(axes, numbers, _series(rounds, site, "epsilon"), privacy.get("local_model"), colour)
             budget = (privacy.get("privacy") or {}).get("budget_epsilon")
             if budget is not None:
                 axes.axhline(budget, color=colour, linestyle="--", linewidth=1.2, label=f"{site} budget")
-        axes.set_title("Epsilon spent (cumulative), budget dashed")
+        local = any((results.get("sites") or {}).get(site, {}).get("local_model") for site in sites)
+        axes.set_title("Epsilon spent (cumulative), budget dashed" + ("; star: after the local-only model" if local else ""))
         _finish_axes(axes, ticker)
+        if local and all(isinstance(n, int) for n in numbers):
+            axes.set_xticks([*numbers, numbers[-1] + 1], [str(n) for n in numbers] + ["local model"])
         axes.set_ylim(bottom=0)
         _legend(figure, axes)
         return _png(figure, plt)
@@ -106,6 +114,17 @@ def _line(axes: Any, x: list[Any], y: list[float | None], colour: str, label: st
     xs, ys = zip(*points, strict=True)
     axes.plot(xs, ys, color=colour, linewidth=2, marker="o", markersize=5, label=label,
               linestyle="--" if dashed else "-")
+
+
+def _local_model_spend(
+    axes: Any, rounds: list[Any], spent: list[float | None], local_model: dict[str, Any] | None, colour: str,
+) -> None:
+    known = [(r, e) for r, e in zip(rounds, spent, strict=True) if r is not None and e is not None]
+    if not local_model or local_model.get("epsilon") is None or not known:
+        return
+    last_round, last_spent = known[-1]
+    axes.plot([last_round, last_round + 1], [last_spent, local_model["epsilon"]], color=colour, linestyle=":",
+              linewidth=1.5, marker="*", markersize=11, markevery=[1])
 
 
 def _finish_axes(axes: Any, ticker: Any) -> None:

@@ -56,6 +56,7 @@ class RunRecorder:
         self._local_models: dict[str, dict[str, float]] = {}
         self._cross_site: dict[str, dict[str, dict[str, Any]]] = {}
         self._subgroups: dict[str, dict[str, Any]] = {}
+        self._evaluation_failures: list[dict[str, Any]] = []
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / PROGRESS_FILE).write_text("", encoding="utf-8")
         self.emit("start", rounds=config.training.rounds, sites=config.data.sites)
@@ -95,8 +96,13 @@ class RunRecorder:
         self._round(server_round).evaluate[site] = metrics
         self._histograms[site] = (np.asarray(positives), np.asarray(negatives))
 
-    def record_failure(self, server_round: int, stage: str, node_id: int, reason: str) -> None:
+    def record_failure(self, server_round: int | None, stage: str, node_id: int, reason: str) -> None:
+        """A site's refusal or absence; ``server_round`` None for the end-of-run evaluation."""
         failure = {"stage": stage, "node": node_id, "reason": reason}
+        if server_round is None:
+            self._evaluation_failures.append(failure)
+            self.emit("failure", **failure)
+            return
         self._round(server_round).failures.append(failure)
         self.emit("failure", round=server_round, **failure)
 
@@ -192,6 +198,7 @@ class RunRecorder:
             "finding_gap": settings.finding_gap,
             "models": [{"id": model, "label": model_label(model)} for model in self._models],
             "refused": dict(self._refused),
+            "failures": list(self._evaluation_failures),
             "matrix": matrix,
             "subgroups": subgroups,
             "comparison": {

@@ -113,6 +113,10 @@ def test_broken_site_refuses_with_its_reason_and_the_rest_carry_on(
     reasons = [f["reason"] for r in results["rounds"] for f in r["failures"]]
     assert len(reasons) == 6  # train and evaluate, three rounds
     assert all("site-c" in reason and "not a DICOM file" in reason for reason in reasons)
+    (at_the_end,) = results["evaluation"]["failures"]  # and the cross-site evaluation
+    assert at_the_end["stage"] == "cross-site evaluation" and "not a DICOM file" in at_the_end["reason"]
+    assert results["evaluation"]["matrix"]["global"]["site-c"] is None
+    assert results["evaluation"]["matrix"]["global"]["site-a"]["n"] == results["sites"]["site-a"]["n_test"]
     assert "site-c" in completed.stdout
 
 
