@@ -12,6 +12,7 @@ the run folder, never in a simulated hospital's own books, and the report says s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,15 +45,19 @@ def train_baselines(
         stale.unlink()
     if settings.pooled_baseline:
         announce("baseline: DP-SGD on all sites' training data pooled (simulation only)")
+        started = time.monotonic()
         save_baseline(folder / "pooled.pt", "pooled", train_pooled(config))
+        announce(f"  pooled model trained in {time.monotonic() - started:.0f} s")
     if settings.leave_one_site_out and len(config.data.sites) > 1:
         for site in config.data.sites:
             announce(f"baseline: the federation without {site} (simulation only)")
+            started = time.monotonic()
             state = train_without(config, site, folder / f"without-{site}", engine)
             if state is None:
-                announce(f"baseline without {site} did not complete; see {folder / f'without-{site}'}")
+                announce(f"  the federation without {site} did not complete; see {folder / f'without-{site}'}")
                 continue
             save_baseline(folder / f"without-{site}.pt", f"without:{site}", state)
+            announce(f"  trained in {time.monotonic() - started:.0f} s")
     return folder
 
 

@@ -9,15 +9,13 @@ offline, travels as one attachment and runs no script.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fedmed.errors import FedmedError
 from fedmed.report.plots import plot_convergence, plot_epsilon, png_data_uri, site_colour
-from fedmed.report.results import RESULTS_FILE
+from fedmed.report.results import RESULTS_FILE, write_text_atomic
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
@@ -78,7 +76,7 @@ def write_report(run_dir: Path) -> Path:
     if not isinstance(results, dict) or not isinstance(results.get("rounds", []), list):
         raise FedmedError(f"{source}: not a fedmed results document (see docs/results.md)")
     path = run_dir / REPORT_FILE
-    _write_text_atomic(path, render_report(results))
+    write_text_atomic(path, render_report(results))
     return path
 
 
@@ -181,15 +179,3 @@ def _cell_style(auroc: Any) -> str:
         return ""
     background = auroc_colour(auroc)
     return f"background-color:{background};color:{text_colour(background)}"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Like write_json_atomic: a reader never sees half a page."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -291,7 +291,16 @@ def read_results(out_dir: Path) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write JSON through a temporary file so readers never see half a document."""
+    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
