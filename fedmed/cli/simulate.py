@@ -111,11 +111,15 @@ def _fmt(value: float | None) -> str:
 
 
 def print_results(results: dict[str, Any]) -> None:
-    table = Table("site", "n train", "n test", "AUROC", "accuracy", "epsilon", "delta", title="per site")
+    table = Table(
+        "site", "n train", "n test", "AUROC", "accuracy", "eps rounds", "eps total", "delta",
+        title="per site (epsilon is cumulative for the site's data: after the last round, and in all, local model included)",
+    )
     for site, s in results["sites"].items():
+        spent = (s.get("privacy") or {}).get("epsilon")
         table.add_row(
             site, str(s["n_train"] or "-"), str(s["n_test"] or "-"), _fmt(s["auroc"]),
-            _fmt(s["accuracy"]), _fmt(s["epsilon"]), f"{s['delta']:g}" if s["delta"] else "-",
+            _fmt(s["accuracy"]), _fmt(s["epsilon"]), _fmt(spent), f"{s['delta']:g}" if s["delta"] else "-",
         )
     console.print(table)
     console.print(f"pooled test AUROC over all sites: [bold]{_fmt(results['global']['auroc'])}[/]")
