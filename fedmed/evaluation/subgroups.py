@@ -5,6 +5,12 @@ A cell covering fewer than `min_cell_size` distinct patients is released as
 patients (an AUROC over three women over 80 on one scanner) can reveal their diagnoses to
 anyone who knows who they are, so such cells never leave the site. Patients, not images,
 are counted, because several images of one person protect no one.
+
+The groups of an attribute split the site's test set, whose overall numbers are released,
+so one suppressed group could be recovered by subtraction (its size, its positives, its
+true positives). Complementary suppression closes that: when the suppressed groups of an
+attribute cover fewer than `min_cell_size` patients together, the next smallest groups are
+suppressed too.
 """
 
 from __future__ import annotations
@@ -109,14 +115,37 @@ def evaluate_subgroups(
             seed=seed,
         )
 
+    def patients_in(index: np.ndarray) -> int:
+        return len({patient_keys[i] for i in index})
+
     attributes = {}
     for attribute in ATTRIBUTES:
         names = np.array([_GROUP_OF[attribute](m) for m in metadata], dtype=object)
         known = _ORDER.get(attribute, ())
         ordered = sorted(set(names), key=lambda n: (n == UNKNOWN, known.index(n) if n in known else len(known), n))
-        groups = {name: cell(np.flatnonzero(names == name)) for name in ordered}
+        members = {name: np.flatnonzero(names == name) for name in ordered}
+        hidden = _suppressed(members, patients_in, min_cell_size)
+        groups = {name: {"suppressed": True} if name in hidden else cell(index) for name, index in members.items()}
         attributes[attribute] = {"groups": groups, **_summarise(groups)}
     return {"overall": cell(np.arange(len(labels))), "attributes": attributes}
+
+
+def _suppressed(
+    members: dict[str, np.ndarray], patients_in: Callable[[np.ndarray], int], min_cell_size: int
+) -> set[str]:
+    """Groups under `min_cell_size` patients, then the smallest others until those hidden
+    cover at least `min_cell_size` patients together (or every group is hidden)."""
+    sizes = {name: patients_in(index) for name, index in members.items()}
+    hidden = {name for name, size in sizes.items() if size < min_cell_size}
+
+    def hidden_patients() -> int:
+        return patients_in(np.concatenate([members[name] for name in hidden])) if hidden else 0
+
+    for name in sorted(sizes, key=lambda n: sizes[n]):
+        if not hidden or hidden_patients() >= min_cell_size:
+            break
+        hidden.add(name)
+    return hidden
 
 
 def _summarise(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -93,11 +93,25 @@ def test_group_names_and_order() -> None:
 
 
 def test_nine_patients_are_suppressed_and_still_listed() -> None:
-    metadata = patients(9, prefix="f", sex="F") + patients(10, prefix="m", sex="M")
-    labels, scores = labelled(19)
+    metadata = patients(9, prefix="f", sex="F") + patients(12, prefix="m", sex="M") + patients(30, prefix="o", sex="O")
+    labels, scores = labelled(51)
     groups = evaluate_subgroups(labels, scores, metadata, **SETTINGS)["attributes"]["sex"]["groups"]
     assert groups["F"] == {"suppressed": True}
-    assert set(groups["M"]) == CELL_KEYS and groups["M"]["n"] == 10
+    assert groups["M"] == {"suppressed": True}  # else F = overall - M - O, by subtraction
+    assert set(groups["O"]) == CELL_KEYS and groups["O"]["n"] == 30
+
+
+def test_suppressed_groups_together_reach_k_or_all_are_suppressed() -> None:
+    metadata = patients(4, prefix="f", sex="F") + patients(7, prefix="m", sex="M") + patients(20, prefix="o", sex="O")
+    labels, scores = labelled(31)
+    groups = evaluate_subgroups(labels, scores, metadata, **SETTINGS)["attributes"]["sex"]["groups"]
+    assert groups["F"] == groups["M"] == {"suppressed": True}  # 4 + 7 >= 10: O can be released
+    assert groups["O"]["n"] == 20
+    metadata = patients(3, prefix="f", sex="F") + patients(40, prefix="m", sex="M")
+    labels, scores = labelled(43)
+    result = evaluate_subgroups(labels, scores, metadata, **SETTINGS)
+    assert result["attributes"]["sex"]["groups"] == {"F": {"suppressed": True}, "M": {"suppressed": True}}
+    assert result["overall"]["n"] == 43  # the whole site is still large enough
 
 
 def test_suppression_counts_patients_not_images() -> None:
@@ -110,22 +124,24 @@ def test_suppression_counts_patients_not_images() -> None:
 
 def test_images_without_patient_id_count_as_one_patient_each() -> None:
     metadata = [DicomMetadata(sex="F")] * 10 + [DicomMetadata(sex="M", patient_id="same")] * 10
-    labels, scores = labelled(20)
+    metadata += [DicomMetadata(sex="O", patient_id=f"o{i}") for i in range(10)]
+    labels, scores = labelled(30)
     groups = evaluate_subgroups(labels, scores, metadata, **SETTINGS)["attributes"]["sex"]["groups"]
-    assert groups["F"]["n"] == 10
-    assert groups["M"] == {"suppressed": True}
+    assert groups["M"] == {"suppressed": True}  # 10 images of one patient
+    assert sum(g == {"suppressed": True} for g in groups.values()) == 2  # and F or O with it
+    assert [g["n"] for g in groups.values() if "n" in g] == [10]
 
 
 def test_summaries_ignore_suppressed_groups() -> None:
     rng = np.random.default_rng(1)
     metadata = patients(40, prefix="a", manufacturer="Acme") + patients(40, prefix="b", manufacturer="Beta")
-    metadata += patients(5, prefix="c", manufacturer="Cora")
-    labels = np.r_[np.arange(80) % 2, [1, 1, 0, 0, 0]]
+    metadata += patients(5, prefix="c", manufacturer="Cora") + patients(6, prefix="d", manufacturer="Dyna")
+    labels = np.r_[np.arange(80) % 2, [1, 1, 0, 0, 0], [1, 0, 1, 0, 1, 0]]
     scores = np.r_[rng.random(40) * 0.6 + 0.4 * labels[:40], rng.random(40) * 0.8 + 0.2 * labels[40:80]]
-    scores = np.r_[scores, [0.0, 0.0, 1.0, 1.0, 1.0]]  # Cora is hopeless but too small to release
+    scores = np.r_[scores, [0.0, 0.0, 1.0, 1.0, 1.0], rng.random(6)]  # Cora is hopeless but too small to release
     summary = evaluate_subgroups(labels, scores, metadata, **SETTINGS)["attributes"]["manufacturer"]
     groups = summary["groups"]
-    assert groups["Cora"] == {"suppressed": True}
+    assert groups["Cora"] == groups["Dyna"] == {"suppressed": True}
     assert summary["worst_group"] == "Beta"
     assert summary["largest_gap"] == pytest.approx(groups["Acme"]["auroc"] - groups["Beta"]["auroc"])
     tpr = [groups[g]["sensitivity"] for g in ("Acme", "Beta")]
