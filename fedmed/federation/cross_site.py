@@ -31,6 +31,7 @@ from fedmed.report import RunRecorder
 
 log = logging.getLogger("fedmed.server")
 
+
 def local_model_id(site: str) -> str:
     return f"local:{site}"
 
@@ -59,9 +60,14 @@ def cross_site_evaluation(
         if reply.has_error():
             recorder.record_failure(None, "cross-site evaluation", reply.metadata.src_node_id, reply.error.reason or "")
             continue
-        record = reply.content[Key.SITE]
-        report = json.loads(str(record[Key.EVALUATION]))
-        recorder.record_cross_site(str(record[Key.SITE_ID]), report["models"], report["subgroups"])
+        try:
+            record = reply.content[Key.SITE]
+            report = json.loads(str(record[Key.EVALUATION]))
+            recorder.record_cross_site(str(record[Key.SITE_ID]), dict(report["models"]), dict(report["subgroups"]))
+        except (KeyError, TypeError, ValueError) as error:  # a site running other code: its reply is skipped
+            recorder.record_failure(
+                None, "cross-site evaluation", reply.metadata.src_node_id, f"unreadable evaluation reply ({error!r})"
+            )
 
 
 def _collect_local_models(

@@ -12,16 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 
 from client.app import app as client_app
-from fedmed.config import load_config
+from fedmed.config import ExperimentConfig, load_config
 from fedmed.data import synthesize_hospitals
+from fedmed.federation.cross_site import cross_site_evaluation
 from fedmed.federation.loopback import LoopbackGrid
-from fedmed.federation.messages import Key
+from fedmed.federation.messages import CROSS_SITE_ACTION, Key
 from fedmed.federation.server import run_federation
 from fedmed.federation.simulation import prepare_site_keys
 from fedmed.privacy.audit import audit_path
+from fedmed.report import RunRecorder
 
 SITES = ["site-a", "site-b", "site-c"]
 
@@ -124,3 +127,27 @@ def test_the_local_models_spend_is_on_the_books_and_the_audit_passes(federation:
     assert results["sites"]["site-a"]["privacy"]["epsilon"] == pytest.approx(local["epsilon"])
     report = audit_path(out)
     assert report.verdict == "pass", report.to_json()
+
+
+def test_an_unreadable_evaluation_reply_is_recorded_and_the_others_kept(tmp_path: Path) -> None:
+    """A site running other code answers nonsense: the server records it and keeps the rest."""
+    other_code = ClientApp()
+
+    @other_code.evaluate(CROSS_SITE_ACTION)
+    def answer(msg: Message, context: Context) -> Message:
+        site = SITES[int(context.node_config[Key.PARTITION_ID])]
+        text = "not json" if site == "site-b" else json.dumps({"models": {"global": {"suppressed": True}}, "subgroups": {}})
+        return Message(RecordDict({Key.SITE: ConfigRecord({Key.SITE_ID: site, Key.EVALUATION: text})}), reply_to=msg)
+
+    config = ExperimentConfig.model_validate({
+        "name": "unreadable", "data": {"root": str(tmp_path), "sites": SITES}, "training": {"rounds": 1},
+        "privacy": {"noise_multiplier": 1.0},
+    })
+    recorder = RunRecorder(tmp_path / "out", config)
+    grid = LoopbackGrid(other_code, {10 + i: {Key.PARTITION_ID: i} for i in range(3)}, run_config={})
+    weights = ArrayRecord({"w": torch.zeros(2)})
+    cross_site_evaluation(grid, config, recorder, global_arrays=weights, initial_arrays=weights, node_sites={}, baselines={})
+    evaluation = recorder.results(status="completed", reason=None)["evaluation"]
+    assert evaluation["matrix"]["global"] == {"site-a": {"suppressed": True}, "site-b": None, "site-c": {"suppressed": True}}
+    (failure,) = evaluation["failures"]
+    assert failure["node"] == 11 and "unreadable evaluation reply" in failure["reason"]
