@@ -123,6 +123,12 @@ def test_two_rounds_with_dp_and_secure_aggregation_pass_the_audit(world: World, 
         assert record["secure_aggregation"]["sites"] == SITES[:3]
         assert record["failures"] == []
     assert all(first_run["sites"][s]["rounds_trained"] == 2 for s in SITES[:3])
+    # the end-of-run evaluation crossed the real SuperLink too, and small groups stayed at the sites
+    evaluation = first_run["evaluation"]
+    for site in SITES[:3]:
+        assert evaluation["matrix"]["global"][site]["n"] == first_run["sites"][site]["n_test"]
+        ages = evaluation["subgroups"][site]["attributes"]["age_band"]["groups"].values()
+        assert {"suppressed": True} in list(ages)
     audited = subprocess.run(
         [sys.executable, "-m", "fedmed", "audit", str(world.root / "run-1"), "--json"],
         capture_output=True, text=True, timeout=300,
