@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from fedmed.cli.simulate import ProgressPrinter, announce_experiment, finish
-from fedmed.config import load_config, load_site_policy
+from fedmed.cli.simulate import follow_run
+from fedmed.config import load_site_policy
 from fedmed.data import check_folder, render_report
 from fedmed.deploy.provision import DEFAULT_PORT, Consortium, provision
 from fedmed.deploy.run import run_on_consortium
@@ -94,10 +93,6 @@ def run(
     out: Annotated[Path, typer.Option("--out", help="Run folder for results.json, model.pt and ledgers.")],
 ) -> None:
     """Train a federated model across the consortium's hospitals (DP and secure aggregation)."""
-    experiment = load_config(config)
-    started = time.monotonic()
-    announce_experiment(experiment)
-    status, results = run_on_consortium(
-        experiment, config, out, Consortium(consortium_dir), on_event=ProgressPrinter(experiment.training.rounds),
-    )
-    finish(status, results, out, time.monotonic() - started)
+    follow_run(config, out, lambda experiment, on_event: run_on_consortium(
+        experiment, config, out, Consortium(consortium_dir), on_event=on_event,
+    ))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,14 +24,21 @@ def simulate(
     out: Annotated[Path, typer.Option("--out", help="Run folder for results.json, model.pt and logs.")],
 ) -> None:
     """Train a federated model over simulated hospitals, with DP-SGD at every site."""
+    follow_run(config, out, lambda experiment, on_event: run_simulation(
+        experiment, config, out, on_event=on_event, announce=lambda text: console.print(f"[dim]{text}[/]"),
+    ))
+
+
+Start = Callable[[ExperimentConfig, Callable[[dict[str, Any]], None]], tuple[RunStatus, dict[str, Any] | None]]
+"""Runs an experiment, handing each progress event to the callback; returns status and results."""
+
+
+def follow_run(config: Path, out: Path, start: Start) -> None:
+    """What `simulate` and `run` share: announce the experiment, print its progress, finish."""
     experiment = load_config(config)
     started = time.monotonic()
     announce_experiment(experiment)
-    status, results = run_simulation(
-        experiment, config, out,
-        on_event=ProgressPrinter(experiment.training.rounds),
-        announce=lambda text: console.print(f"[dim]{text}[/]"),
-    )
+    status, results = start(experiment, ProgressPrinter(experiment.training.rounds))
     finish(status, results, out, time.monotonic() - started)
 
 

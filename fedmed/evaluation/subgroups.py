@@ -85,12 +85,14 @@ def evaluate_subgroups(
     confidence: float,
     n_resamples: int,
     seed: int = 0,
+    attributes: Sequence[str] = ATTRIBUTES,
 ) -> dict[str, Any]:
     """The site's overall cell and, per attribute, a cell per group with summaries.
 
     Suppressed groups keep their name in `groups` (that a group exists is not sensitive;
     its numbers are) but are left out of `worst_group`, `largest_gap` and
     `equalized_odds_difference`, which are None when fewer than two groups qualify.
+    `attributes` chooses the breakdowns; with none, only the overall cell is computed.
 
     Raises:
         ValueError: when labels, scores and metadata differ in length.
@@ -118,16 +120,16 @@ def evaluate_subgroups(
     def patients_in(index: np.ndarray) -> int:
         return len({patient_keys[i] for i in index})
 
-    attributes = {}
-    for attribute in ATTRIBUTES:
+    breakdown = {}
+    for attribute in attributes:
         names = np.array([_GROUP_OF[attribute](m) for m in metadata], dtype=object)
         known = _ORDER.get(attribute, ())
         ordered = sorted(set(names), key=lambda n: (n == UNKNOWN, known.index(n) if n in known else len(known), n))
         members = {name: np.flatnonzero(names == name) for name in ordered}
         hidden = _suppressed(members, patients_in, min_cell_size)
         groups = {name: {"suppressed": True} if name in hidden else cell(index) for name, index in members.items()}
-        attributes[attribute] = {"groups": groups, **_summarise(groups)}
-    return {"overall": cell(np.arange(len(labels))), "attributes": attributes}
+        breakdown[attribute] = {"groups": groups, **_summarise(groups)}
+    return {"overall": cell(np.arange(len(labels))), "attributes": breakdown}
 
 
 def _suppressed(

@@ -22,7 +22,8 @@ from torch.utils.data import ConcatDataset
 
 from fedmed.config import ExperimentConfig
 from fedmed.data import default_cache_dir, load_site_data
-from fedmed.federation.messages import Key
+from fedmed.federation.cross_site import save_baseline
+from fedmed.federation.messages import POOLED_MODEL, Key, without_model_id
 from fedmed.federation.runtime import SimulationEngine
 from fedmed.federation.site import select_device
 from fedmed.models import create_model, float_state
@@ -46,7 +47,7 @@ def train_baselines(
     if settings.pooled_baseline:
         announce("baseline: DP-SGD on all sites' training data pooled (simulation only)")
         started = time.monotonic()
-        save_baseline(folder / "pooled.pt", "pooled", train_pooled(config))
+        save_baseline(folder / "pooled.pt", POOLED_MODEL, train_pooled(config))
         announce(f"  pooled model trained in {time.monotonic() - started:.0f} s")
     if settings.leave_one_site_out and len(config.data.sites) > 1:
         for site in config.data.sites:
@@ -56,7 +57,7 @@ def train_baselines(
             if state is None:
                 announce(f"  the federation without {site} did not complete; see {folder / f'without-{site}'}")
                 continue
-            save_baseline(folder / f"without-{site}.pt", f"without:{site}", state)
+            save_baseline(folder / f"without-{site}.pt", without_model_id(site), state)
             announce(f"  trained in {time.monotonic() - started:.0f} s")
     return folder
 
@@ -109,17 +110,13 @@ def train_without(config: ExperimentConfig, left_out: str, folder: Path, engine:
     config_path = folder / "config.yaml"
     config_path.write_text(yaml.safe_dump(reduced.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
     prepare_site_keys(reduced)
-    threads = config.simulation
     engine.run(
         run_config={Key.CONFIG_PATH: str(config_path.resolve()), Key.OUT_DIR: str(folder.resolve())},
-        num_supernodes=len(sites), cpus_per_node=threads.cpus_per_site, gpus_per_node=threads.gpus_per_site,
+        num_supernodes=len(sites), cpus_per_node=config.simulation.cpus_per_site,
+        gpus_per_node=config.simulation.gpus_per_site,
         poll=lambda: None, log_path=folder / "flower.log",
     )
     model_file = folder / MODEL_FILE
     if not model_file.exists():
         return None
     return torch.load(model_file, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def save_baseline(path: Path, model_id: str, state: dict[str, torch.Tensor]) -> None:
-    torch.save({"model_id": model_id, "state_dict": state}, path)

@@ -26,14 +26,12 @@ from fedmed.federation.messages import (
     MODEL_PREFIX,
     Key,
     encode_plan,
+    local_model_id,
+    scalars,
 )
 from fedmed.report import RunRecorder
 
 log = logging.getLogger("fedmed.server")
-
-
-def local_model_id(site: str) -> str:
-    return f"local:{site}"
 
 
 def cross_site_evaluation(
@@ -86,10 +84,10 @@ def _collect_local_models(
                 recorder.record_model_refused(local_model_id(site), reason)
             recorder.record_failure(None, "local model", node, reason)
             continue
-        site = str(reply.content[Key.SITE][Key.SITE_ID])
         record = reply.content[Key.SITE]
+        site = str(record[Key.SITE_ID])
         recorder.record_ledger(site, list(record[Key.LEDGER]), str(record[Key.PUBLIC_KEY]))
-        recorder.record_local_model(site, {k.replace("-", "_"): v for k, v in reply.content[Key.METRICS].items()})
+        recorder.record_local_model(site, scalars(reply.content[Key.METRICS]))
         models[local_model_id(site)] = reply.content[Key.ARRAYS]
         log.info("site %s shared its local-only model", site)
     return dict(sorted(models.items()))
@@ -100,8 +98,13 @@ def _ask_all(grid: Grid, nodes: list[int], message_type: str, content: RecordDic
     return list(grid.send_and_receive(messages))
 
 
+def save_baseline(path: Path, model_id: str, state: dict[str, torch.Tensor]) -> None:
+    """Keep a simulation baseline for the ServerApp to send round with the other models."""
+    torch.save({"model_id": model_id, "state_dict": state}, path)
+
+
 def load_baselines(folder: Path | None) -> dict[str, ArrayRecord]:
-    """Simulation baselines (``*.pt`` written by fedmed.federation.baselines), keyed by model id."""
+    """Simulation baselines (``*.pt``, as ``save_baseline`` writes them), keyed by model id."""
     if folder is None or not folder.is_dir():
         return {}
     models = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from pydantic import ValidationError
 
 from fedmed.config import (
@@ -78,6 +78,8 @@ LOCAL_MODEL_ACTION = "local_model"
 CROSS_SITE_ACTION = "cross_site"
 """``evaluate.cross_site``: a site evaluates every model the server holds, by subgroup."""
 GLOBAL_MODEL = "global"
+POOLED_MODEL = "pooled"
+"""Simulation only: DP-SGD on all sites' data pooled."""
 MODEL_PREFIX = "model:"
 """In a cross-site message each model travels in its own ArrayRecord, keyed ``model:<id>``."""
 
@@ -134,3 +136,28 @@ def arrays_from_state(state: dict[str, torch.Tensor]) -> ArrayRecord:
 
 def state_from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return dict(record.to_torch_state_dict())
+
+
+def local_model_id(site: str) -> str:
+    """The model ``site`` trained on its data alone."""
+    return f"local:{site}"
+
+
+def without_model_id(site: str) -> str:
+    """Simulation only: the federation trained without ``site``."""
+    return f"without:{site}"
+
+
+def model_label(model_id: str) -> str:
+    """How people read a model id: ``global`` is the federated model."""
+    kind, _, site = model_id.partition(":")
+    labels = {
+        GLOBAL_MODEL: "federated", POOLED_MODEL: "pooled data",
+        "local": f"{site} alone", "without": f"federated without {site}",
+    }
+    return labels.get(kind, model_id)
+
+
+def scalars(metrics: MetricRecord) -> dict[str, float]:
+    """Scalar metrics with snake_case names, as results.json spells them."""
+    return {k.replace("-", "_"): v for k, v in metrics.items() if not isinstance(v, list)}

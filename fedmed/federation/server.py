@@ -24,7 +24,7 @@ from fedmed import __version__
 from fedmed.config import ExperimentConfig, load_config
 from fedmed.errors import FedmedError
 from fedmed.federation.cross_site import cross_site_evaluation, load_baselines
-from fedmed.federation.messages import Key, encode_plan, state_from_arrays
+from fedmed.federation.messages import Key, encode_plan, scalars, state_from_arrays
 from fedmed.federation.secure_rounds import RECORD, Field, secure_aggregate
 from fedmed.models import create_model, float_state
 from fedmed.report import MODEL_FILE, RunRecorder
@@ -86,7 +86,7 @@ class SiteTrackingFedAvg(FedAvg):
         valid = self._sort_replies(server_round, replies, "train")
         for msg in valid:
             site = _site_of(msg)
-            self.recorder.record_train(server_round, site, _scalars(msg.content[Key.METRICS]))
+            self.recorder.record_train(server_round, site, scalars(msg.content[Key.METRICS]))
             record = msg.content[Key.SITE]
             self.recorder.record_ledger(site, list(record[Key.LEDGER]), str(record[Key.PUBLIC_KEY]))
         self.recorder.finish_train(server_round)
@@ -122,11 +122,11 @@ class SiteTrackingFedAvg(FedAvg):
         valid = self._sort_replies(server_round, replies, "evaluate")
         for msg in valid:
             metrics = msg.content[Key.METRICS]
-            scalars = _scalars(metrics)
-            if scalars.get("auroc", 0.0) < 0:  # a test set with a single class has no AUROC
-                scalars["auroc"] = None
+            values = scalars(metrics)
+            if values.get("auroc", 0.0) < 0:  # a test set with a single class has no AUROC
+                values["auroc"] = None
             self.recorder.record_evaluate(
-                server_round, _site_of(msg), scalars,
+                server_round, _site_of(msg), values,
                 np.asarray(metrics[Key.POSITIVES]), np.asarray(metrics[Key.NEGATIVES]),
             )
         self.recorder.finish_evaluate(server_round)
@@ -136,11 +136,6 @@ class SiteTrackingFedAvg(FedAvg):
 
 def _site_of(msg: Message) -> str:
     return str(msg.content[Key.SITE][Key.SITE_ID])
-
-
-def _scalars(metrics: MetricRecord) -> dict[str, float]:
-    """Scalar metrics with snake_case names, as results.json spells them."""
-    return {k.replace("-", "_"): v for k, v in metrics.items() if not isinstance(v, list)}
 
 
 def run_federation(grid: Grid, context: Context) -> None:

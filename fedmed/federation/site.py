@@ -12,16 +12,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedmed.config import DeviceName, SitePolicy, load_site_policy
 from fedmed.data import SiteData, dataset_fingerprint, default_cache_dir, load_site_data
 from fedmed.errors import ConfigError, PrivacyError
 from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
-from fedmed.evaluation.subgroups import evaluate_subgroups
+from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_subgroups
 from fedmed.federation.messages import (
     GLOBAL_MODEL,
     MODEL_PREFIX,
@@ -55,31 +57,29 @@ def select_device(requested: DeviceName) -> torch.device:
 
 def train_round(msg: Message, context: Context) -> Message:
     """Handle a train message: DP-SGD on local data, budget checked first."""
-    _set_threads()
-    return reply_or_refuse(msg, context, _train)
+    return _answer(msg, context, _train)
 
 
 def evaluate_round(msg: Message, context: Context) -> Message:
     """Handle an evaluate message: metrics of the received model on local test data."""
-    _set_threads()
-    return reply_or_refuse(msg, context, _evaluate)
+    return _answer(msg, context, _evaluate)
 
 
 def local_model_round(msg: Message, context: Context) -> Message:
     """Handle a request for a model trained on this site's data alone (policy permitting)."""
-    _set_threads()
-    return reply_or_refuse(msg, context, _train_local_model)
+    return _answer(msg, context, _train_local_model)
 
 
 def cross_site_round(msg: Message, context: Context) -> Message:
     """Handle the end-of-run evaluation: every model the server holds, on local test data."""
-    _set_threads()
-    return reply_or_refuse(msg, context, _evaluate_cross_site)
+    return _answer(msg, context, _evaluate_cross_site)
 
 
-def _set_threads() -> None:
+def _answer(msg: Message, context: Context, step: Callable[[Message, Context, Site], Message]) -> Message:
+    """Run ``step`` with this process's torch threads; a site's refusal becomes an error reply."""
     if threads := os.environ.get("FEDMED_TORCH_THREADS"):  # set by `fedmed simulate`
         torch.set_num_threads(int(threads))
+    return reply_or_refuse(msg, context, step)
 
 
 def _load(site: Site, plan: RoundPlan) -> SiteData:
@@ -110,9 +110,13 @@ def _policy(site: Site) -> SitePolicy:
 class _Trained:
     """What one stretch of DP training at a site produced, already on the site's books."""
 
+    received: dict[str, torch.Tensor]
+    """The weights training started from."""
     update: dict[str, torch.Tensor]
     metrics: MetricRecord
     site_record: ConfigRecord
+    identity: Ed25519PrivateKey
+    """The site's key, which signed the ledger entry."""
 
 
 def _train_privately(
@@ -205,7 +209,9 @@ def _train_privately(
             Key.PUBLIC_KEY: public_key_pem(books.key),
         }
     )
-    return _Trained(update=update, metrics=metrics, site_record=site_record)
+    return _Trained(
+        received=received, update=update, metrics=metrics, site_record=site_record, identity=books.key,
+    )
 
 
 def _train(msg: Message, context: Context, site: Site) -> Message:
@@ -217,11 +223,10 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
     )
     content = RecordDict({Key.METRICS: trained.metrics, Key.SITE: trained.site_record})
     if plan.secure_aggregation.enabled:  # the update stays here until it is masked
-        received = state_from_arrays(msg.content[Key.ARRAYS])
         advert = begin_round(
             context.state, site=site.site_id, run=str(msg.metadata.run_id), round=server_round,
-            identity=signing_key(site),
-            update={name: (trained.update[name] - received[name]).numpy() for name in trained.update},
+            identity=trained.identity,
+            update={name: (trained.update[name] - trained.received[name]).numpy() for name in trained.update},
             weight=int(trained.metrics[Key.NUM_EXAMPLES]),
         )
         content[RECORD] = ConfigRecord({Field.ADVERT: advert})
@@ -306,9 +311,10 @@ def _evaluate_cross_site(msg: Message, context: Context, site: Site) -> Message:
             continue
         model_id = name.removeprefix(MODEL_PREFIX)
         scores = predict_scores(_model(plan, state_from_arrays(arrays)), data.test.images, device=device)
-        analysis = evaluate_subgroups(
+        analysis = evaluate_subgroups(  # groups for the global model; the others' overall cell only
             labels, scores, data.test.metadata, threshold=settings.threshold, min_cell_size=policy.min_cell_size,
             confidence=settings.confidence, n_resamples=settings.bootstrap_samples, seed=plan.training.seed,
+            attributes=ATTRIBUTES if model_id == GLOBAL_MODEL else (),
         )
         cells[model_id] = analysis["overall"]
         if model_id == GLOBAL_MODEL:

@@ -38,18 +38,22 @@ def epsilon_of(history: list[MechanismStep], *, delta: float, accountant: str) -
         return 0.0
     opacus_accountant = create_accountant(accountant)
     opacus_accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
-    with _largest_alpha_is_fine():
+    with quiet_opacus():
         return float(opacus_accountant.get_epsilon(delta=delta))
 
 
 @contextmanager
-def _largest_alpha_is_fine() -> Iterator[None]:
-    """Silence Opacus' "Optimal order is the largest alpha" and only that.
+def quiet_opacus() -> Iterator[None]:
+    """Silence three known, harmless Opacus warnings, and only those.
 
-    PRV sizes its grid with an RDP bound, which warns when its best order is the largest
-    it tries; the bound is then looser, never wrong, and PRV's own epsilon is unaffected.
+    "Secure RNG turned off": secure_mode needs torchcsprng, which has no current wheels
+    (README, privacy notes). "Full backward hook is firing ...": images do not require
+    gradients, so the hooks see module outputs only, as intended. "Optimal order is the
+    largest alpha": PRV sizes its grid with an RDP bound, which is then looser, never wrong.
     """
     with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         yield
 
@@ -58,7 +62,7 @@ def calibrate_noise(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
 ) -> float:
     """Smallest noise multiplier whose ``steps`` steps stay within ``target_epsilon``."""
-    with _largest_alpha_is_fine():
+    with quiet_opacus():
         return float(
             get_noise_multiplier(
                 target_epsilon=target_epsilon,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +9,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedmed.privacy.accountant import MechanismStep, epsilon_of, history_of
+from fedmed.privacy.accountant import MechanismStep, epsilon_of, history_of, quiet_opacus
 from fedmed.privacy.plan import PrivacyPlan
 
 
@@ -52,7 +49,7 @@ def train_private(
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
 
-    with _quiet_opacus():
+    with quiet_opacus():
         engine = PrivacyEngine(accountant=plan.accountant)
         engine.accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
         private_model, optimizer, private_loader = engine.make_private(
@@ -70,7 +67,7 @@ def train_private(
 
     criterion = nn.BCEWithLogitsLoss()
     total_loss, batches = 0.0, 0
-    with _quiet_opacus():
+    with quiet_opacus():
         for _ in range(epochs):
             for images, labels in private_loader:
                 optimizer.zero_grad(set_to_none=True)
@@ -90,20 +87,6 @@ def train_private(
         history=new_history,
         epsilon=epsilon_of(new_history, delta=plan.delta, accountant=plan.accountant),
     )
-
-
-@contextmanager
-def _quiet_opacus() -> Iterator[None]:
-    """Silence two known, harmless Opacus warnings, and only those.
-
-    "Secure RNG turned off": secure_mode needs torchcsprng, which has no current wheels
-    (README, privacy notes). "Full backward hook is firing ...": images do not require
-    gradients, so the hooks see module outputs only, as intended.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        yield
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from fedmed import __version__
 from fedmed.config import ExperimentConfig
 from fedmed.evaluation import roc_auc_from_histograms
 from fedmed.evaluation.findings import find_findings
+from fedmed.federation.messages import GLOBAL_MODEL, POOLED_MODEL, local_model_id, model_label, without_model_id
 from fedmed.privacy.audit import privacy_statement
 
 RESULTS_FILE = "results.json"
@@ -203,10 +204,10 @@ class RunRecorder:
             "subgroups": subgroups,
             "comparison": {
                 site: {
-                    "federated": auroc("global", site),
-                    "local": auroc(f"local:{site}", site),
-                    "pooled": auroc("pooled", site),
-                    "unseen": auroc(f"without:{site}", site),
+                    "federated": auroc(GLOBAL_MODEL, site),
+                    "local": auroc(local_model_id(site), site),
+                    "pooled": auroc(POOLED_MODEL, site),
+                    "unseen": auroc(without_model_id(site), site),
                 }
                 for site in sites
             },
@@ -263,13 +264,6 @@ class RunRecorder:
             "dataset_fingerprint": last["dataset_fingerprint"],
             "ledger": f"{LEDGERS_DIR}/{site}.jsonl",
         }
-
-
-def model_label(model_id: str) -> str:
-    """How the report names a model: ``global`` is the federated one."""
-    kind, _, site = model_id.partition(":")
-    labels = {"global": "federated", "pooled": "pooled data", "local": f"{site} alone", "without": f"federated without {site}"}
-    return labels.get(kind, model_id)
 
 
 def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
