@@ -226,7 +226,8 @@ def benchmark_client_app(federation: Federation) -> ClientApp:
         if config["secure"]:  # the update stays in the node's context until it is masked
             advert = begin_round(
                 context.state, site=site, run=str(msg.metadata.run_id), round=int(config["server-round"]),
-                identity=federation.keys[site], update={ARRAY: torch.from_numpy(delta)}, weight=NUM_EXAMPLES,
+                identity=federation.keys[site], update={ARRAY: torch.from_numpy(delta)}, examples=NUM_EXAMPLES,
+                min_group=3,
             )
             content[RECORD] = ConfigRecord({Field.ADVERT: advert})
         else:
@@ -299,8 +300,7 @@ def _fedmed_round(federation: Federation, initial: np.ndarray, *, secure: bool) 
         result = secure_aggregate(
             grid, server_round=1, nodes=federation.nodes, global_arrays=global_arrays,
             adverts={site_of[r.metadata.src_node_id]: bytes(r.content[RECORD][Field.ADVERT]) for r in replies},
-            weights={site_of[r.metadata.src_node_id]: NUM_EXAMPLES for r in replies},
-            manifest=federation.manifest, on_refusal=refused,
+            manifest=federation.manifest, on_refusal=refused, min_sites=3,
         )
         if result.dropped or sorted(result.sites) != sorted(federation.nodes):
             raise RuntimeError(f"secure round lost sites: kept {result.sites}, dropped {result.dropped}")
@@ -393,6 +393,7 @@ def quickstart_site_round() -> QuickstartRound:
     from fedmed.federation.site import select_device
     from fedmed.models import create_model
     from fedmed.privacy import plan_privacy, train_private
+    from fedmed.privacy.randomness import SecureRandomness
 
     console.rule("[bold]4. quickstart site round (lower bound for the 10% target)")
     config = load_config(QUICKSTART_CONFIG)
@@ -416,10 +417,9 @@ def quickstart_site_round() -> QuickstartRound:
             )
             t2 = time.perf_counter()
             model = create_model(config.model.name, image_size=config.data.image_size)
-            torch.manual_seed(training.seed * 1_000_003 + 1)
             outcome = train_private(
                 model, data.train.as_torch_dataset(), privacy, history=[], epochs=training.local_epochs,
-                batch_size=training.batch_size, learning_rate=training.learning_rate, momentum=training.momentum,
+                learning_rate=training.learning_rate, randomness=SecureRandomness(), momentum=training.momentum,
                 device=select_device(training.device),
             )
             t3 = time.perf_counter()
@@ -613,7 +613,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if min(args.sites) < 3:
-        parser.error("--sites: at least 3 (SecAgg+ on the complete graph needs 3; fedmed's majority needs 2 of 3)")
+        parser.error("--sites: at least 3 (SecAgg+ on the complete graph needs 3, and so does fedmed's smallest group)")
     return args
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedmed.secure.ring import decode, encode
+from fedmed.secure.ring import decode
 from fedmed.secure.secagg import Manifest, SecureAggregationError, ServerSession, SiteSession
 
 log = logging.getLogger("fedmed.secagg")
@@ -42,8 +42,6 @@ class Field(StrEnum):
     ADVERTS = "adverts"
     THRESHOLD = "threshold"
     SESSION = "session"
-    WEIGHT = "weight"
-    TOTAL_WEIGHT = "total-weight"
     HOLDERS = "holders"
     SENDERS = "senders"
     SEALED = "sealed"
@@ -67,11 +65,15 @@ def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def begin_round(
     state: RecordDict, *, site: str, run: str, round: int, identity: Ed25519PrivateKey,
-    update: Mapping[str, np.ndarray], weight: int,
+    update: Mapping[str, np.ndarray], examples: int, min_group: int,
 ) -> bytes:
-    """Keep the update and fresh round keys in the site's context; return the signed advert."""
-    session = SiteSession.begin(site=site, run=run, round=round, identity=identity)
-    state[RECORD] = ConfigRecord({Field.SESSION: session.to_bytes(), Field.WEIGHT: weight})
+    """Keep the update and fresh round keys in the site's context; return the signed advert.
+
+    ``examples`` (the site's training records, its FedAvg weight) goes into the signed
+    advert; ``min_group`` is the smallest group the site's policy lets it be summed in.
+    """
+    session = SiteSession.begin(site=site, run=run, round=round, identity=identity, examples=examples, min_group=min_group)
+    state[RECORD] = ConfigRecord({Field.SESSION: session.to_bytes()})
     state[UPDATE] = ArrayRecord({Field.MASKED: Array(flatten(update).astype(np.float32))})
     return session.advert
 
@@ -98,18 +100,11 @@ def site_step(
         )
     stage = str(request[Field.STAGE])
     if stage == "share":
-        total = int(request[Field.TOTAL_WEIGHT])
-        if total < int(kept[Field.WEIGHT]):
-            raise SecureAggregationError(f"the round's total of {total} examples is below this site's own count")
-        kept[Field.TOTAL_WEIGHT] = total
         sealed = session.share(request[Field.ADVERTS], threshold=int(request[Field.THRESHOLD]), manifest=manifest())
         reply = ConfigRecord({Field.HOLDERS: list(sealed), Field.SEALED: list(sealed.values())})
     elif stage == "mask":
         sealed = dict(zip(request[Field.SENDERS], request[Field.SEALED], strict=True))
-        update = state[UPDATE][Field.MASKED].numpy()
-        weight = int(kept[Field.WEIGHT]) / int(kept[Field.TOTAL_WEIGHT])
-        encoded = encode(update, weight, n_sites=len(session.participants))
-        masked = session.mask(sealed, encoded)
+        masked = session.mask(sealed, state[UPDATE][Field.MASKED].numpy())
         del state[UPDATE]
         kept[Field.SESSION] = session.to_bytes()
         return RecordDict({RECORD: ConfigRecord({Field.STAGE: stage}), UPDATE: ArrayRecord({Field.MASKED: Array(masked)})})
@@ -149,12 +144,13 @@ Refusal = Callable[[str, str, str], None]
 
 
 def secure_aggregate(
-    grid: Grid, *, server_round: int, adverts: Mapping[str, bytes], weights: Mapping[str, int], nodes: Mapping[str, int],
-    global_arrays: ArrayRecord, manifest: Manifest, on_refusal: Refusal, min_sites: int = 2,
+    grid: Grid, *, server_round: int, adverts: Mapping[str, bytes], nodes: Mapping[str, int],
+    global_arrays: ArrayRecord, manifest: Manifest, on_refusal: Refusal, min_sites: int,
 ) -> SecureSum:
     """Run the protocol with the sites that trained; return the new global model.
 
-    ``weights`` are the sites' example counts (FedAvg's weights), from their train replies.
+    Each site weighs itself by the example counts in the adverts it verified (FedAvg's
+    weights); the server sends no total.
 
     Raises:
         RoundAbandoned: fewer than the threshold completed a step; nothing was unmasked.
@@ -183,9 +179,7 @@ def secure_aggregate(
             log.warning("round %s: site %s did not complete secure-aggregation step '%s'", server_round, site, stage)
         return answers
 
-    listed = [adverts[site] for site in sorted(session.adverts)]
-    total = sum(weights[site] for site in session.adverts)  # each site then weighs itself by n / total
-    share = {Field.ADVERTS: listed, Field.THRESHOLD: session.threshold, Field.TOTAL_WEIGHT: total}
+    share = {Field.ADVERTS: session.listed_adverts(), Field.THRESHOLD: session.threshold}
     answers = ask("share", {site: share for site in session.adverts})
     routed = session.route_shares({
         site: dict(zip(a[RECORD][Field.HOLDERS], a[RECORD][Field.SEALED], strict=True)) for site, a in answers.items()
