@@ -6,14 +6,33 @@ setting. Paths are resolved against the directory of the file they were written 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
 """Side of the square model input, in pixels."""
+
+_SITE_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_site_id(site: str) -> str:
+    """A site id safe to name files after: letters, digits, '.', '_' and '-', not all dots.
+
+    Ledgers and keys are stored as ``<site>.jsonl``; an id like ``../x`` must never reach a path.
+
+    Raises:
+        ValueError: anything else (pydantic reports it with the key's path).
+    """
+    if not isinstance(site, str) or not _SITE_ID.fullmatch(site) or set(site) == {"."}:
+        raise ValueError(f"site id {site!r}: use letters, digits, '.', '_' and '-' only (and not only dots)")
+    return site
+
+
+SiteId = Annotated[str, AfterValidator(check_site_id)]
 
 
 class Section(BaseModel):
@@ -52,7 +71,7 @@ class SynthesisConfig(Section):
 class DataConfig(Section):
     root: Path
     """Folder holding one sub-folder of DICOM studies (and labels.csv) per site."""
-    sites: Annotated[list[str], Field(min_length=1)]
+    sites: Annotated[list[SiteId], Field(min_length=1)]
     image_size: ImageSize = 64
     cache_dir: Path | None = None
     """Decoded-image cache; default: $XDG_CACHE_HOME/fedmed/images."""
@@ -96,6 +115,13 @@ class TrainingConfig(Section):
     """Fewest sites a round may aggregate; default: every site."""
     device: DeviceName = DeviceName.AUTO
     seed: int = 0
+    """Seeds the initial model (public: every site receives it), never a site's DP randomness."""
+    unsafe_reproducible: bool = False
+    """UNSAFE, simulation only: each site draws its DP sampling and noise from ``seed`` and the
+    round instead of the operating system's CSPRNG, so runs repeat bit for bit, and the
+    server, which knows the seed, can subtract the noise: no privacy against the server.
+    A site refuses it unless it is simulated and its policy sets unsafe_accept_reproducible;
+    results.json and report.html say when it was on."""
 
     @model_validator(mode="after")
     def _fedprox_needs_mu(self) -> TrainingConfig:
@@ -159,7 +185,7 @@ class SimulationConfig(Section):
     gpus_per_site: Annotated[float, Field(ge=0)] = 0.0
     site_policy: Path | None = None
     """Policy file every simulated hospital uses unless ``site_policies`` names its own."""
-    site_policies: dict[str, Path] = {}
+    site_policies: dict[SiteId, Path] = {}
     state_root: Path | None = None
     """Where simulated hospitals keep privacy books, ledgers and keys (one folder each);
     default: a ``<data.root>-state`` folder beside the data. It outlives runs, as a real

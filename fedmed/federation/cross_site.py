@@ -19,6 +19,8 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedmed.config import ExperimentConfig
+from fedmed.federation.identity import SiteRegistry, UnverifiedSite
+from fedmed.federation.ledgers import record_ledger
 from fedmed.federation.messages import (
     CROSS_SITE_ACTION,
     GLOBAL_MODEL,
@@ -39,16 +41,16 @@ def cross_site_evaluation(
     config: ExperimentConfig,
     recorder: RunRecorder,
     *,
+    registry: SiteRegistry,
     global_arrays: ArrayRecord,
     initial_arrays: ArrayRecord,
-    node_sites: Mapping[int, str],
     baselines: Mapping[str, ArrayRecord],
 ) -> None:
     """Collect local models if configured, then have every site evaluate every model."""
     nodes = sorted(grid.get_node_ids())
     models = {GLOBAL_MODEL: global_arrays}
     if config.evaluation.local_models:
-        models |= _collect_local_models(grid, config, recorder, nodes=nodes, initial=initial_arrays, node_sites=node_sites)
+        models |= _collect_local_models(grid, config, recorder, registry, nodes=nodes, initial=initial_arrays)
     models |= baselines
     content = RecordDict({Key.CONFIG: encode_plan(config)})
     for model_id, arrays in models.items():
@@ -59,9 +61,11 @@ def cross_site_evaluation(
             recorder.record_failure(None, "cross-site evaluation", reply.metadata.src_node_id, reply.error.reason or "")
             continue
         try:
-            record = reply.content[Key.SITE]
-            report = json.loads(str(record[Key.EVALUATION]))
-            recorder.record_cross_site(str(record[Key.SITE_ID]), dict(report["models"]), dict(report["subgroups"]))
+            site = registry.identify(reply)
+            report = json.loads(str(reply.content[Key.SITE][Key.EVALUATION]))
+            recorder.record_cross_site(site, dict(report["models"]), dict(report["subgroups"]))
+        except UnverifiedSite as error:
+            recorder.record_failure(None, "cross-site evaluation", reply.metadata.src_node_id, str(error))
         except (KeyError, TypeError, ValueError) as error:  # a site running other code: its reply is skipped
             recorder.record_failure(
                 None, "cross-site evaluation", reply.metadata.src_node_id, f"unreadable evaluation reply ({error!r})"
@@ -69,8 +73,8 @@ def cross_site_evaluation(
 
 
 def _collect_local_models(
-    grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *,
-    nodes: list[int], initial: ArrayRecord, node_sites: Mapping[int, str],
+    grid: Grid, config: ExperimentConfig, recorder: RunRecorder, registry: SiteRegistry, *,
+    nodes: list[int], initial: ArrayRecord,
 ) -> dict[str, ArrayRecord]:
     """Each site's model trained on its own data alone, from the run's initial weights."""
     content = RecordDict({Key.CONFIG: encode_plan(config), Key.ARRAYS: initial})
@@ -79,14 +83,17 @@ def _collect_local_models(
         if reply.has_error():
             node = reply.metadata.src_node_id
             reason = reply.error.reason or "no reason given"
-            site = node_sites.get(node)
+            site = registry.node_sites.get(node)
             if site is not None:
                 recorder.record_model_refused(local_model_id(site), reason)
             recorder.record_failure(None, "local model", node, reason)
             continue
-        record = reply.content[Key.SITE]
-        site = str(record[Key.SITE_ID])
-        recorder.record_ledger(site, list(record[Key.LEDGER]), str(record[Key.PUBLIC_KEY]))
+        try:
+            site = registry.identify(reply)
+        except UnverifiedSite as error:
+            recorder.record_failure(None, "local model", reply.metadata.src_node_id, str(error))
+            continue
+        record_ledger(recorder, registry, site, list(reply.content[Key.SITE][Key.LEDGER]))
         recorder.record_local_model(site, scalars(reply.content[Key.METRICS]))
         models[local_model_id(site)] = reply.content[Key.ARRAYS]
         log.info("site %s shared its local-only model", site)

@@ -3,7 +3,9 @@
 Flower's FedAvg averages the sites' metrics into one; here each reply is recorded under
 its site id before aggregation, refusals are recorded with their reasons, and a round
 with fewer replies than ``min_sites`` stops the run instead of publishing a model that
-too few hospitals shaped.
+too few hospitals shaped. A reply counts only once the site that signed it is verified
+against the consortium's key manifest (fedmed.federation.identity): what a message says
+its site is, is never taken on trust.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from fedmed import __version__
 from fedmed.config import ExperimentConfig, load_config
 from fedmed.errors import FedmedError
 from fedmed.federation.cross_site import cross_site_evaluation, load_baselines
+from fedmed.federation.identity import SiteRegistry, UnverifiedSite
+from fedmed.federation.ledgers import record_ledger
 from fedmed.federation.messages import Key, encode_plan, scalars, state_from_arrays
 from fedmed.federation.secure_rounds import RECORD, Field, secure_aggregate
 from fedmed.models import create_model, float_state
 from fedmed.report import MODEL_FILE, RunRecorder
 from fedmed.secure.manifest import MANIFEST_FILE, load_manifest
-from fedmed.secure.secagg import Manifest, RoundAbandoned
+from fedmed.secure.secagg import RoundAbandoned
 
 log = logging.getLogger("fedmed.server")
 
@@ -45,7 +49,7 @@ class SiteTrackingFedAvg(FedAvg):
     the sites, from the ``proximal_mu`` in the round plan.
     """
 
-    def __init__(self, recorder: RunRecorder, *, min_sites: int, manifest: Manifest | None = None) -> None:
+    def __init__(self, recorder: RunRecorder, *, min_sites: int, registry: SiteRegistry, secure: bool) -> None:
         super().__init__(
             min_train_nodes=min_sites,
             min_evaluate_nodes=min_sites,
@@ -56,47 +60,62 @@ class SiteTrackingFedAvg(FedAvg):
         )
         self.recorder = recorder
         self.min_sites = min_sites
-        self.manifest = manifest
-        """Set when updates are securely aggregated: the consortium's site keys."""
+        self.registry = registry
+        """The consortium's site keys and which node is which site."""
+        self.secure = secure
+        """Updates are securely aggregated: train replies carry adverts, not weights."""
         self._grid: Grid | None = None
         self._global: ArrayRecord | None = None
-        self.node_sites: dict[int, str] = {}
-        """Which site each node has answered as: names the site behind a later refusal."""
+        self._trained_nodes: list[int] = []
+
+    @property
+    def node_sites(self) -> dict[int, str]:
+        """Which verified site each node has answered as: names the site behind a later refusal."""
+        return dict(self.registry.node_sites)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._grid, self._global = grid, arrays  # secure aggregation talks to the sites again
         return super().configure_train(server_round, arrays, config, grid)
 
-    def _sort_replies(self, server_round: int, replies: Iterable[Message], stage: str) -> list[Message]:
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Ask the sites that trained this round: a site evaluates only such a round's model."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        return [m for m in messages if m.metadata.dst_node_id in self._trained_nodes]
+
+    def _sort_replies(self, server_round: int, replies: Iterable[Message], stage: str) -> list[tuple[str, Message]]:
         # Under secure aggregation a train reply holds no arrays, which FedAvg's check demands.
-        secure_train = stage == "train" and self.manifest is not None
+        secure_train = stage == "train" and self.secure
         valid, failed = self._check_and_log_replies(list(replies), is_train=stage == "train", validate=not secure_train)
         for msg in failed:
             self.recorder.record_failure(server_round, stage, msg.metadata.src_node_id, msg.error.reason or "")
+        verified = []
         for msg in valid:
-            self.node_sites[msg.metadata.src_node_id] = _site_of(msg)
-        if len(valid) < self.min_sites:
+            try:
+                verified.append((self.registry.identify(msg), msg))
+            except UnverifiedSite as error:
+                log.warning("%s", error)
+                self.recorder.record_failure(server_round, stage, msg.metadata.src_node_id, str(error))
+        if len(verified) < self.min_sites:
             raise TooFewSites(
-                f"round {server_round}: only {len(valid)} site(s) completed {stage} "
+                f"round {server_round}: only {len(verified)} site(s) completed {stage} "
                 f"(minimum {self.min_sites}); stopping the run"
             )
-        return valid
+        return verified
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = self._sort_replies(server_round, replies, "train")
-        for msg in valid:
-            site = _site_of(msg)
+        verified = self._sort_replies(server_round, replies, "train")
+        self._trained_nodes = [msg.metadata.src_node_id for _, msg in verified]
+        for site, msg in verified:
             self.recorder.record_train(server_round, site, scalars(msg.content[Key.METRICS]))
-            record = msg.content[Key.SITE]
-            self.recorder.record_ledger(site, list(record[Key.LEDGER]), str(record[Key.PUBLIC_KEY]))
+            record_ledger(self.recorder, self.registry, site, list(msg.content[Key.SITE][Key.LEDGER]))
         self.recorder.finish_train(server_round)
-        if self.manifest is None:
-            return aggregate_arrayrecords([msg.content for msg in valid], self.weighted_by_key), None
-        return self._secure_aggregate(server_round, valid), None
+        if not self.secure:
+            return aggregate_arrayrecords([msg.content for _, msg in verified], self.weighted_by_key), None
+        return self._secure_aggregate(server_round, verified), None
 
-    def _secure_aggregate(self, server_round: int, valid: list[Message]) -> ArrayRecord | None:
+    def _secure_aggregate(self, server_round: int, verified: list[tuple[str, Message]]) -> ArrayRecord | None:
         """The masked sum of the sites' updates; None (the model stays) if the round is abandoned."""
-        nodes = {_site_of(msg): msg.metadata.src_node_id for msg in valid}
+        nodes = {site: msg.metadata.src_node_id for site, msg in verified}
 
         def refused(site: str, step: str, reason: str) -> None:
             self.recorder.record_failure(server_round, f"secure-aggregation {step}", nodes[site], reason)
@@ -104,9 +123,8 @@ class SiteTrackingFedAvg(FedAvg):
         try:
             result = secure_aggregate(
                 self._grid, server_round=server_round, nodes=nodes, global_arrays=self._global,
-                adverts={_site_of(msg): bytes(msg.content[RECORD][Field.ADVERT]) for msg in valid},
-                weights={_site_of(msg): int(msg.content[Key.METRICS][Key.NUM_EXAMPLES]) for msg in valid},
-                manifest=self.manifest, on_refusal=refused, min_sites=self.min_sites,
+                adverts={site: bytes(msg.content[RECORD][Field.ADVERT]) for site, msg in verified},
+                manifest=self.registry.keys, on_refusal=refused, min_sites=self.min_sites,
             )
         except RoundAbandoned as error:
             log.warning("%s", error)
@@ -119,23 +137,19 @@ class SiteTrackingFedAvg(FedAvg):
         return result.arrays
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        valid = self._sort_replies(server_round, replies, "evaluate")
-        for msg in valid:
+        verified = self._sort_replies(server_round, replies, "evaluate")
+        for site, msg in verified:
             metrics = msg.content[Key.METRICS]
             values = scalars(metrics)
             if values.get("auroc", 0.0) < 0:  # a test set with a single class has no AUROC
                 values["auroc"] = None
             self.recorder.record_evaluate(
-                server_round, _site_of(msg), values,
+                server_round, site, values,
                 np.asarray(metrics[Key.POSITIVES]), np.asarray(metrics[Key.NEGATIVES]),
             )
         self.recorder.finish_evaluate(server_round)
         pooled = self.recorder.pooled_auroc()
         return MetricRecord({"pooled-auroc": pooled}) if pooled is not None else None
-
-
-def _site_of(msg: Message) -> str:
-    return str(msg.content[Key.SITE][Key.SITE_ID])
 
 
 def run_federation(grid: Grid, context: Context) -> None:
@@ -144,17 +158,19 @@ def run_federation(grid: Grid, context: Context) -> None:
     out_dir = Path(str(context.run_config[Key.OUT_DIR]))
     recorder = RunRecorder(out_dir, config)
     manifest_path = Path(str(context.run_config.get(Key.MANIFEST_PATH) or config.state_root / MANIFEST_FILE))
+    recorder.set_run(run_id=str(grid.run.run_id), manifest=manifest_path)
     baselines_dir = str(context.run_config.get(Key.BASELINES_DIR) or "")
     status, reason, arrays = "completed", None, None
     try:
-        trained = train_federation(grid, config, recorder, manifest_path=manifest_path)
+        registry = SiteRegistry(load_manifest(manifest_path), config.data.sites)
+        trained = train_federation(grid, config, recorder, registry=registry)
         arrays = trained.arrays
         save_model(out_dir / MODEL_FILE, config, arrays)
         cross_site_evaluation(
-            grid, config, recorder, global_arrays=arrays, initial_arrays=trained.initial,
-            node_sites=trained.node_sites, baselines=load_baselines(Path(baselines_dir) if baselines_dir else None),
+            grid, config, recorder, registry=registry, global_arrays=arrays, initial_arrays=trained.initial,
+            baselines=load_baselines(Path(baselines_dir) if baselines_dir else None),
         )
-    except FedmedError as error:  # too few sites, or no key manifest for secure aggregation
+    except FedmedError as error:  # too few sites, or no key manifest to tell sites apart
         status, reason = "stopped", str(error)
         log.warning("%s", reason)
     recorder.write(status=status, reason=reason)
@@ -166,14 +182,14 @@ class TrainedFederation:
     """The global model after the last round."""
     initial: ArrayRecord
     """The weights every site started from; local-only models start from them too."""
-    node_sites: dict[int, str]
 
 
-def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, manifest_path: Path) -> TrainedFederation:
-    torch.manual_seed(config.training.seed)
+def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, registry: SiteRegistry) -> TrainedFederation:
+    torch.manual_seed(config.training.seed)  # the initial model is public: every site receives it
     model = create_model(config.model.name, image_size=config.data.image_size)
-    manifest = load_manifest(manifest_path) if config.secure_aggregation.enabled else None
-    strategy = SiteTrackingFedAvg(recorder, min_sites=config.min_sites, manifest=manifest)
+    strategy = SiteTrackingFedAvg(
+        recorder, min_sites=config.min_sites, registry=registry, secure=config.secure_aggregation.enabled,
+    )
     initial = ArrayRecord(float_state(model))
     result = strategy.start(
         grid=grid,
@@ -184,7 +200,7 @@ def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder
     )
     # Flower leaves ``result.arrays`` empty when no round produced a model (all abandoned).
     arrays = result.arrays if len(result.arrays) else initial
-    return TrainedFederation(arrays=arrays, initial=initial, node_sites=strategy.node_sites)
+    return TrainedFederation(arrays=arrays, initial=initial)
 
 
 def save_model(path: Path, config: ExperimentConfig, arrays: ArrayRecord) -> None:

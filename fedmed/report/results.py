@@ -7,6 +7,7 @@ progress.jsonl, which `fedmed simulate` follows to draw its progress display.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -17,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedmed import __version__
 from fedmed.config import ExperimentConfig
+from fedmed.config.schema import check_site_id
 from fedmed.evaluation import roc_auc_from_histograms
 from fedmed.evaluation.findings import find_findings
 from fedmed.federation.messages import GLOBAL_MODEL, POOLED_MODEL, local_model_id, model_label, without_model_id
 from fedmed.privacy.audit import privacy_statement
+from fedmed.secure.keys import public_key_pem
 
 RESULTS_FILE = "results.json"
 PROGRESS_FILE = "progress.jsonl"
@@ -51,7 +55,8 @@ class RunRecorder:
         self.started = time.time()
         self._histograms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._ledgers: dict[str, dict[int, str]] = {}
-        self._public_keys: dict[str, str] = {}
+        self.run_id: str | None = None
+        self.manifest: Path | None = None
         self._models: list[str] = []
         self._refused: dict[str, str] = {}
         self._local_models: dict[str, dict[str, float]] = {}
@@ -73,22 +78,27 @@ class RunRecorder:
     def record_train(self, server_round: int, site: str, metrics: dict[str, float]) -> None:
         self._round(server_round).train[site] = metrics
 
-    def record_ledger(self, site: str, lines: list[str], public_key_pem: str) -> None:
+    def set_run(self, *, run_id: str, manifest: Path) -> None:
+        """The Flower run id and the key manifest the server verified sites against."""
+        self.run_id = run_id
+        self.manifest = Path(manifest)
+
+    def record_ledger(self, site: str, lines: list[str], public_key: Ed25519PublicKey) -> None:
         """Keep the consortium's copy of a site's ledger: ledgers/<site>.jsonl and .pub.
 
-        Entries are kept by index, so a site resending its ledger adds nothing twice. The
-        copy is written as it arrives; whether it verifies is for ``fedmed audit`` to say.
+        The caller has verified the site and each entry's signature with the site's key
+        from the consortium's manifest, which is the key written beside the copy. Entries
+        are kept by index, so a site resending its ledger adds nothing twice; whether the
+        whole chain verifies is for ``fedmed audit`` to say.
         """
-        known = self._public_keys.setdefault(site, public_key_pem)
-        if known != public_key_pem:
-            self.emit("warning", site=site, reason="site changed its public key during the run")
+        check_site_id(site)  # it names files: never a path
         ledger = self._ledgers.setdefault(site, {})
         for line in lines:
             ledger[int(json.loads(line)["index"])] = line
         folder = self.out_dir / LEDGERS_DIR
         folder.mkdir(exist_ok=True)
         (folder / f"{site}.jsonl").write_text("".join(ledger[i] + "\n" for i in sorted(ledger)), encoding="utf-8")
-        (folder / f"{site}.pub").write_text(known, encoding="utf-8")
+        (folder / f"{site}.pub").write_text(public_key_pem(public_key), encoding="utf-8")
 
     def record_evaluate(
         self, server_round: int, site: str, metrics: dict[str, float | None],
@@ -171,6 +181,9 @@ class RunRecorder:
             "started_at": self.started,
             "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
             "wall_seconds": time.time() - self.started,
+            "run_id": self.run_id,
+            "manifest": self._manifest_record(),
+            "unsafe_reproducible": self.config.training.unsafe_reproducible,
             "config": self.config.model_dump(mode="json"),
             "rounds": rounds,
             "sites": sites,
@@ -244,6 +257,16 @@ class RunRecorder:
         self.emit("end", status=status, reason=reason, global_auroc=self.pooled_auroc())
         return path
 
+
+    def _manifest_record(self) -> dict[str, str] | None:
+        """Where the key manifest was and its SHA-256, for an auditor to compare with their copy."""
+        if self.manifest is None:
+            return None
+        try:
+            digest = hashlib.sha256(self.manifest.read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        return {"path": str(self.manifest.resolve()), "sha256": digest}
 
     def _privacy_section(self, site: str) -> dict[str, Any] | None:
         """The site's guarantee, from its latest ledger entry, in the audit's own words."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedmed.config.schema import check_site_id
 from fedmed.errors import ConfigError, FedmedError
 from fedmed.secure.keys import load_public_key, public_key_pem
 
@@ -39,7 +40,7 @@ def load_manifest(path: Path) -> dict[str, Ed25519PublicKey]:
     """
     try:
         sites = json.loads(Path(path).read_text(encoding="utf-8"))["sites"]
-        return {str(site): load_public_key(pem) for site, pem in sites.items()}
+        return {check_site_id(site): load_public_key(pem) for site, pem in sites.items()}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no consortium key manifest here; copy the consortium's {MANIFEST_FILE}") from None
     except (ValueError, KeyError, TypeError, AttributeError, FedmedError) as error:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -19,6 +20,7 @@ from client.app import app as client_app
 from fedmed.config import ExperimentConfig, load_config
 from fedmed.data import synthesize_hospitals
 from fedmed.federation.cross_site import cross_site_evaluation
+from fedmed.federation.identity import SiteRegistry, identity_record
 from fedmed.federation.loopback import LoopbackGrid
 from fedmed.federation.messages import CROSS_SITE_ACTION, Key
 from fedmed.federation.server import run_federation
@@ -109,11 +111,14 @@ def test_small_cells_leave_the_site_as_the_word_suppressed_only(federation: tupl
     results, received, _ = federation
     replies = [m for m in received if m.metadata.message_type == "evaluate.cross_site" and not m.has_error()]
     sent_by_b = next(json.loads(str(m.content[Key.SITE][Key.EVALUATION])) for m in replies
-                     if m.content[Key.SITE][Key.SITE_ID] == "site-b")
+                     if m.metadata.src_node_id == 11)  # site-b's node
     cells = [*sent_by_b["models"].values(), sent_by_b["subgroups"]["overall"]]
     cells += [c for a in sent_by_b["subgroups"]["attributes"].values() for c in a["groups"].values()]
     assert cells and all(cell == {"suppressed": True} for cell in cells)
     assert results["evaluation"]["matrix"]["global"]["site-b"] == {"suppressed": True}
+    # nor does a round's evaluation over fewer patients than its cell size
+    refusals = [f["reason"] for r in results["rounds"] for f in r["failures"] if f["stage"] == "evaluate"]
+    assert len(refusals) == 2 and all("fewer than its min_cell_size 1000" in r for r in refusals)
     sex = results["evaluation"]["subgroups"]["site-a"]["attributes"]["sex"]
     assert set(sex["groups"]) >= {"F", "M"} and all("n" in cell for cell in sex["groups"].values())
 
@@ -132,12 +137,16 @@ def test_the_local_models_spend_is_on_the_books_and_the_audit_passes(federation:
 def test_an_unreadable_evaluation_reply_is_recorded_and_the_others_kept(tmp_path: Path) -> None:
     """A site running other code answers nonsense: the server records it and keeps the rest."""
     other_code = ClientApp()
+    keys = {site: Ed25519PrivateKey.generate() for site in SITES}
 
     @other_code.evaluate(CROSS_SITE_ACTION)
     def answer(msg: Message, context: Context) -> Message:
         site = SITES[int(context.node_config[Key.PARTITION_ID])]
         text = "not json" if site == "site-b" else json.dumps({"models": {"global": {"suppressed": True}}, "subgroups": {}})
-        return Message(RecordDict({Key.SITE: ConfigRecord({Key.SITE_ID: site, Key.EVALUATION: text})}), reply_to=msg)
+        identity = identity_record(keys[site], site=site, run=msg.metadata.run_id, node=context.node_id,
+                                   request=msg.metadata.message_id)
+        content = RecordDict({Key.SITE: ConfigRecord({Key.EVALUATION: text}), Key.IDENTITY: identity})
+        return Message(content, reply_to=msg)
 
     config = ExperimentConfig.model_validate({
         "name": "unreadable", "data": {"root": str(tmp_path), "sites": SITES}, "training": {"rounds": 1},
@@ -146,7 +155,10 @@ def test_an_unreadable_evaluation_reply_is_recorded_and_the_others_kept(tmp_path
     recorder = RunRecorder(tmp_path / "out", config)
     grid = LoopbackGrid(other_code, {10 + i: {Key.PARTITION_ID: i} for i in range(3)}, run_config={})
     weights = ArrayRecord({"w": torch.zeros(2)})
-    cross_site_evaluation(grid, config, recorder, global_arrays=weights, initial_arrays=weights, node_sites={}, baselines={})
+    registry = SiteRegistry({site: key.public_key() for site, key in keys.items()}, SITES)
+    cross_site_evaluation(
+        grid, config, recorder, registry=registry, global_arrays=weights, initial_arrays=weights, baselines={},
+    )
     evaluation = recorder.results(status="completed", reason=None)["evaluation"]
     assert evaluation["matrix"]["global"] == {"site-a": {"suppressed": True}, "site-b": None, "site-c": {"suppressed": True}}
     (failure,) = evaluation["failures"]
