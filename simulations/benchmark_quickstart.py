@@ -259,14 +259,15 @@ def _train_dp(model: nn.Module, dataset: TensorDataset, *, batch_size: int, devi
     from fedmed.config import PrivacyConfig
     from fedmed.privacy import plan_privacy, train_private
     from fedmed.privacy.accountant import epsilon_of
+    from fedmed.privacy.randomness import SecureRandomness
 
     plan = plan_privacy(
         PrivacyConfig(noise_multiplier=1.0, delta=1e-5),
         site="benchmark", n_train=len(dataset), batch_size=batch_size, local_epochs=1, rounds=1,
     )
     outcome = train_private(
-        model, dataset, plan, history=[], epochs=1, batch_size=batch_size,
-        learning_rate=LEARNING_RATE, momentum=MOMENTUM, device=device,
+        model, dataset, plan, history=[], epochs=1, learning_rate=LEARNING_RATE,
+        randomness=SecureRandomness(), momentum=MOMENTUM, device=device,
     )
     started = time.perf_counter()  # what train_private spent on its final epsilon, again
     epsilon_of(outcome.history, delta=plan.delta, accountant=plan.accountant)

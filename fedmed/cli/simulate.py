@@ -81,7 +81,7 @@ class ProgressPrinter:
         prefix = f"round {event['round']}/{self.rounds}" if "round" in event else "end of run"
         if kind == "train":
             sites = "  ".join(
-                f"{site} loss {m['train_loss']:.3f} eps {m['epsilon']:.2f}"
+                f"{site} eps {m['epsilon']:.2f}"
                 for site, m in sorted(event["sites"].items())
             )
             console.print(f"{prefix} train     {sites}")
@@ -95,8 +95,7 @@ class ProgressPrinter:
         elif kind == "local-model":
             metrics = event["metrics"]
             console.print(
-                f"local model {event['site']}: trained on its data alone, loss {metrics['train_loss']:.3f} "
-                f"eps {metrics['epsilon']:.2f} (cumulative)"
+                f"local model {event['site']}: trained on its data alone, eps {metrics['epsilon']:.2f} (cumulative)"
             )
         elif kind == "cross-site":
             cells = "  ".join(

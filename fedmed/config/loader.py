@@ -28,11 +28,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return resolve_paths(load_yaml_as(path, ExperimentConfig), path.resolve().parent)
 
 
-def load_yaml_as(path: Path, schema: type[Schema]) -> Schema:
+def load_yaml_as(path: Path, schema: type[Schema], *, context: dict[str, Any] | None = None) -> Schema:
     """Parse ``path`` and validate it against ``schema``, every problem in one ConfigError."""
     raw = read_yaml_mapping(path)
     try:
-        return schema.model_validate(raw)
+        return schema.model_validate(raw, context=context)
     except ValidationError as error:
         raise ConfigError(format_validation_error(path, error, schema)) from None
 

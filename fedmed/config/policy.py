@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from fedmed.config.loader import load_yaml_as
 from fedmed.config.schema import AccountantName, Section
@@ -37,18 +37,31 @@ class SitePolicy(Section):
     max_local_epochs: Annotated[int, Field(ge=1)] | None = None
     require_secure_aggregation: bool = True
     """Refuse to send an update the server could read; only a test bench should say false."""
+    min_secure_group: Annotated[int, Field(ge=3)] = 3
+    """The fewest sites this site's update is ever summed with under secure aggregation (at
+    least 3: with two, each learns the other's update from the model change)."""
     min_cell_size: Annotated[int, Field(ge=1)] = 10
-    """Evaluation metrics over fewer patients than this never leave the site ("suppressed")."""
+    """Evaluation metrics over fewer patients than this never leave the site ("suppressed");
+    the score histograms for the pooled AUROC are coarsened to bins of at least this many."""
+    max_evaluation_models: Annotated[int, Field(ge=1)] = 8
+    """The most models one cross-site evaluation may ask this site to score: each model the
+    server chooses is one more set of statistics about the site's test patients."""
     share_local_model: bool = False
     """Let a model trained on this site's data alone leave the site for cross-site evaluation.
     It is DP-trained like every update, but the server sees it in the clear."""
     approved_code: list[str] | None = None
     """Digests of the code the hospital reviewed (``fedmed code-digest``). None: a real
     site refuses to train; a simulated one does not check."""
+    unsafe_accept_reproducible: bool = False
+    """Simulation only: accept a run's ``training.unsafe_reproducible``, DP sampling and noise
+    seeded from the run's plan, which the server can replay and subtract. A real hospital's
+    node refuses to start with this set."""
 
     @field_validator("allowed_models")
     @classmethod
-    def _registered(cls, names: list[str] | None) -> list[str] | None:
+    def _registered(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if info.context and not info.context.get("check_models", True):
+            return names  # a light reader (secure aggregation, the code guard) skips MONAI's import
         from fedmed.models import available_models  # MONAI: only when a policy names models
 
         known = available_models()
@@ -70,10 +83,13 @@ class SitePolicy(Section):
         return digests
 
 
-def load_site_policy(path: str | Path) -> SitePolicy:
+def load_site_policy(path: str | Path, *, check_models: bool = True) -> SitePolicy:
     """Read and validate a site policy.
+
+    ``check_models=False`` leaves ``allowed_models`` unchecked against the registry, which
+    imports torch and MONAI (seconds): for steps that never train.
 
     Raises:
         ConfigError: the file is missing or invalid; the message names file and key.
     """
-    return load_yaml_as(Path(path), SitePolicy)
+    return load_yaml_as(Path(path), SitePolicy, context={"check_models": check_models})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -115,18 +115,53 @@ def equalized_odds_difference(rates: Iterable[tuple[float | None, float | None]]
     return float(max(tpr.max() - tpr.min(), fpr.max() - fpr.min()))
 
 
-def score_histograms(labels: np.ndarray, scores: np.ndarray, *, bins: int = SCORE_BINS) -> tuple[np.ndarray, np.ndarray]:
+def score_histograms(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    patients: Sequence[Hashable] | None = None,
+    min_patients: int = 1,
+    bins: int = SCORE_BINS,
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts of positive and of negative cases per score bin over [0, 1].
 
     A site releases these aggregates instead of one score per patient; summed over sites
-    they give the pooled AUROC to within the bin width.
+    they give the pooled AUROC to within the bin width. With ``patients`` (one id per case),
+    adjacent bins are merged until every bin released holds cases of at least
+    ``min_patients`` distinct patients, or none, and each merged bin's counts sit at its
+    middle: a model crafted to give one patient a score bin of its own learns nothing about
+    that patient that a cell of ``min_patients`` would not tell.
     """
     edges = np.linspace(0.0, 1.0, bins + 1)
     labels = np.asarray(labels) >= 0.5
     scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
     positives, _ = np.histogram(scores[labels], bins=edges)
     negatives, _ = np.histogram(scores[~labels], bins=edges)
-    return positives, negatives
+    if patients is None or min_patients <= 1:
+        return positives, negatives
+    where = np.digitize(scores, edges[1:-1])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for b in range(bins):
+        members = np.flatnonzero(where == b)
+        if members.size == 0:
+            continue
+        current.extend(members.tolist())
+        if len({patients[i] for i in current}) >= min_patients:
+            groups.append(current)
+            current = []
+    if current:  # a last group too small on its own joins the one before it
+        if groups:
+            groups[-1].extend(current)
+        else:
+            groups.append(current)
+    merged_positives, merged_negatives = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
+    for members in groups:
+        spanned = where[members]
+        middle = (int(spanned.min()) + int(spanned.max())) // 2
+        merged_positives[middle] = int(labels[members].sum())
+        merged_negatives[middle] = len(members) - merged_positives[middle]
+    return merged_positives, merged_negatives
 
 
 def roc_auc_from_histograms(positives: np.ndarray, negatives: np.ndarray) -> float | None:

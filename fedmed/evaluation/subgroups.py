@@ -15,7 +15,7 @@ suppressed too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ from fedmed.evaluation.metrics import (
     sensitivity_specificity,
 )
 
-__all__ = ["ATTRIBUTES", "evaluate_cell", "evaluate_subgroups"]
+__all__ = ["ATTRIBUTES", "evaluate_cell", "evaluate_subgroups", "patient_keys"]
 
 ATTRIBUTES = ("sex", "age_band", "manufacturer")
 
@@ -44,6 +44,11 @@ _GROUP_OF: dict[str, Callable[[DicomMetadata], str]] = {
 
 # Display order of known group names; others follow alphabetically, "unknown" last.
 _ORDER = {"sex": ("F", "M", "O"), "age_band": ("<40", "40-59", "60-79", "80+")}
+
+
+def patient_keys(metadata: Sequence[DicomMetadata]) -> list[Hashable]:
+    """One key per image: its PatientID, or the image itself when it names no patient."""
+    return [m.patient_id if m.patient_id is not None else ("image", i) for i, m in enumerate(metadata)]
 
 
 def evaluate_cell(
@@ -103,13 +108,13 @@ def evaluate_subgroups(
         raise ValueError(
             f"labels, scores and metadata must be aligned, got {len(labels)}, {len(scores)} and {len(metadata)} items"
         )
-    patient_keys = [m.patient_id if m.patient_id is not None else ("image", i) for i, m in enumerate(metadata)]
+    keys = patient_keys(metadata)
 
     def cell(index: np.ndarray) -> dict[str, Any]:
         return evaluate_cell(
             labels[index],
             scores[index],
-            patients=len({patient_keys[i] for i in index}),
+            patients=len({keys[i] for i in index}),
             threshold=threshold,
             min_cell_size=min_cell_size,
             confidence=confidence,
@@ -118,7 +123,7 @@ def evaluate_subgroups(
         )
 
     def patients_in(index: np.ndarray) -> int:
-        return len({patient_keys[i] for i in index})
+        return len({keys[i] for i in index})
 
     breakdown = {}
     for attribute in attributes:

@@ -28,6 +28,7 @@ from fedmed.federation.runtime import SimulationEngine
 from fedmed.federation.site import select_device
 from fedmed.models import create_model, float_state
 from fedmed.privacy import plan_privacy, train_private
+from fedmed.privacy.randomness import SecureRandomness, SeededRandomness
 from fedmed.report import MODEL_FILE
 
 BASELINES_DIR = "baselines"
@@ -76,11 +77,12 @@ def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
         config.privacy, site="pooled", n_train=len(dataset), batch_size=training.batch_size,
         local_epochs=epochs, rounds=1,
     )
-    torch.manual_seed(training.seed)
+    torch.manual_seed(training.seed)  # the federation's initial model
     model = create_model(config.model.name, image_size=config.data.image_size)
+    randomness = SeededRandomness(training.seed) if training.unsafe_reproducible else SecureRandomness()
     train_private(
-        model, dataset, plan, history=[], epochs=epochs, batch_size=training.batch_size,
-        learning_rate=training.learning_rate, momentum=training.momentum, device=select_device(training.device),
+        model, dataset, plan, history=[], epochs=epochs, learning_rate=training.learning_rate,
+        randomness=randomness, momentum=training.momentum, device=select_device(training.device),
     )
     return float_state(model)
 

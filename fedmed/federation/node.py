@@ -15,10 +15,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context, Error, Message
 
-from fedmed.config import load_config
-from fedmed.errors import ConfigError, FedmedError
+from fedmed.config import load_config, load_site_policy
+from fedmed.errors import ConfigError, FedmedError, PrivacyError
+from fedmed.federation.identity import identity_record
 from fedmed.federation.messages import ErrorCode, Key
 from fedmed.federation.secure_rounds import site_step
+from fedmed.secure.approval import check_code_approval
 from fedmed.secure.keys import load_or_create_signing_key, load_signing_key
 from fedmed.secure.manifest import MANIFEST_FILE, load_manifest
 from fedmed.secure.secagg import Manifest
@@ -88,15 +90,38 @@ def resolve_site(context: Context) -> Site:
 def reply_or_refuse(
     msg: Message, context: Context, handler: Callable[[Message, Context, Site], Message]
 ) -> Message:
+    """Check the code is approved, run ``handler``, sign the reply; a refusal becomes an error reply.
+
+    Every message type passes the same checks: approval first, before the handler reads
+    anything, and the reply carries the site's signed identity (fedmed.federation.identity),
+    since the server must not take a site's name from what a message says.
+    """
     site = None
     try:
         site = resolve_site(context)
-        return handler(msg, context, site)
+        _check_approved(site)
+        reply = handler(msg, context, site)
+        reply.content[Key.IDENTITY] = identity_record(
+            signing_key(site), site=site.site_id, run=msg.metadata.run_id, node=context.node_id,
+            request=msg.metadata.message_id,
+        )
+        return reply
     except FedmedError as error:
         name = site.site_id if site else "unknown site"
         reason = str(error) if site and site.site_id in str(error) else f"site {name}: {error}"
         log.error("refusing: %s", reason)
         return Message(Error(code=ErrorCode.SITE_REFUSED, reason=reason), reply_to=msg)
+
+
+def _check_approved(site: Site) -> None:
+    """The hospital approved the code running here (a node without a policy runs nothing)."""
+    if site.policy_path is None:
+        raise PrivacyError(
+            f"site {site.site_id} has no privacy policy: set policy-path in its node config "
+            "(simulation: simulation.site_policy); refusing to run"
+        )
+    policy = load_site_policy(site.policy_path, check_models=False)
+    check_code_approval(policy, site=site.site_id, simulated=site.simulated)
 
 
 def signing_key(site: Site) -> Ed25519PrivateKey:

@@ -4,6 +4,11 @@ The site validates the server's plan, loads its own DICOM data, checks its priva
 budget before training, trains with DP-SGD, records the spend on its own disk, and only
 then replies. Any error a site can explain (bad data, budget, invalid plan) becomes an
 error reply naming the site, so the server carries on with the others.
+
+The site trusts nothing it has not checked: its DP randomness comes from its own CSPRNG,
+never from a seed in the plan; it trains each (run, round) once; it evaluates a round's
+model once and only after training in that round; and what it releases about its test
+patients follows its policy's cell size.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from fedmed.config import DeviceName, SitePolicy, load_site_policy
 from fedmed.data import SiteData, dataset_fingerprint, default_cache_dir, load_site_data
 from fedmed.errors import ConfigError, PrivacyError
 from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
-from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_subgroups
+from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_subgroups, patient_keys
 from fedmed.federation.messages import (
     GLOBAL_MODEL,
     MODEL_PREFIX,
@@ -37,15 +42,16 @@ from fedmed.federation.node import Site, reply_or_refuse, signing_key
 from fedmed.federation.secure_rounds import RECORD, Field, begin_round
 from fedmed.models import create_model, float_state, load_float_state
 from fedmed.privacy import check_budget, plan_privacy, train_private
-from fedmed.privacy.books import PrivacyBooks
-from fedmed.privacy.ledger import hash_state
-from fedmed.privacy.terms import check_noise, check_terms
-from fedmed.secure.approval import check_code_approval
-from fedmed.secure.keys import (
-    public_key_pem,
-)
+from fedmed.privacy.books import LEDGER_FILE, PrivacyBooks
+from fedmed.privacy.ledger import commit_state, hash_state, verify_ledger_file
+from fedmed.privacy.randomness import Randomness, SecureRandomness, SeededRandomness, bootstrap_seed
+from fedmed.privacy.terms import check_noise, check_randomness, check_terms
+from fedmed.secure.keys import commitment_key
 
 log = logging.getLogger("fedmed.site")
+
+EVALUATED = "fedmed-evaluated"
+"""The ConfigRecord in a site's context listing what it has evaluated in this run."""
 
 def select_device(requested: DeviceName) -> torch.device:
     if requested is DeviceName.CUDA and not torch.cuda.is_available():
@@ -90,10 +96,21 @@ def _load(site: Site, plan: RoundPlan) -> SiteData:
     return data
 
 
-def _model(plan: RoundPlan, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+def _model(plan: RoundPlan, weights: dict[str, torch.Tensor], *, site: str) -> torch.nn.Module:
+    """The network the plan names, with the server's weights, once they are checked."""
     model = create_model(plan.model.name, image_size=plan.image_size)
-    load_float_state(model, weights)
+    try:
+        load_float_state(model, weights)
+    except ValueError as error:
+        raise ConfigError(f"site {site} refuses the server's model for {plan.model.name}: {error}") from None
     return model
+
+
+def _randomness(plan: RoundPlan, ledger_round: int) -> Randomness:
+    """The site's own CSPRNG; seeded from the plan only under the unsafe opt-out (checked before)."""
+    if plan.training.unsafe_reproducible:
+        return SeededRandomness(plan.training.seed * 1_000_003 + ledger_round)
+    return SecureRandomness()
 
 
 def _policy(site: Site) -> SitePolicy:
@@ -117,6 +134,8 @@ class _Trained:
     site_record: ConfigRecord
     identity: Ed25519PrivateKey
     """The site's key, which signed the ledger entry."""
+    min_group: int
+    """The policy's smallest secure-aggregation group."""
 
 
 def _train_privately(
@@ -129,13 +148,13 @@ def _train_privately(
     """
     started = time.perf_counter()
     policy = _policy(site)
-    check_code_approval(policy, site=site.site_id, simulated=site.simulated)
     training = plan.training
     check_terms(
         policy, site=site.site_id, requested=plan.privacy,
         model=plan.model.name, local_epochs=training.local_epochs,
         secure_aggregation=plan.secure_aggregation.enabled,
     )
+    check_randomness(policy, site=site.site_id, unsafe_reproducible=training.unsafe_reproducible, simulated=site.simulated)
     data = _load(site, plan)
     # The site keeps its books at its own delta and accountant, whatever the run asks.
     terms = plan.privacy.model_copy(update={"delta": policy.delta, "accountant": policy.accountant})
@@ -149,25 +168,25 @@ def _train_privately(
         accountant=privacy.accountant, key=signing_key(site),
     )
     history = books.spent()
+    run_id = str(context.run_id)
+    books.check_new_round(run_id, ledger_round)
     check_budget(privacy, history, site=site.site_id, budget=policy.max_epsilon)
 
     received = state_from_arrays(msg.content[Key.ARRAYS])
-    model = _model(plan, received)
-    torch.manual_seed(training.seed * 1_000_003 + ledger_round)
+    model = _model(plan, received, site=site.site_id)
     outcome = train_private(
         model,
         data.train.as_torch_dataset(),
         privacy,
         history=history,
         epochs=epochs,
-        batch_size=training.batch_size,
         learning_rate=training.learning_rate,
+        randomness=_randomness(plan, ledger_round),
         momentum=training.momentum,
         proximal_mu=training.proximal_mu if training.strategy == "fedprox" else 0.0,
         device=select_device(training.device),
     )
     update = float_state(model)
-    run_id = str(context.run_id)
     first_in_run = all(e.run_id != run_id for e in books.verified)
     entry = books.record(  # the spend is signed and on disk before anything leaves the site
         site=site.site_id,
@@ -175,7 +194,7 @@ def _train_privately(
         round=ledger_round,
         n_records=len(data.train),
         model_hash=hash_state(received),
-        update_hash=hash_state(update),
+        update_hash=commit_state(update, commitment_key(books.key)),
         noise_multiplier=privacy.noise_multiplier,
         sample_rate=privacy.sample_rate,
         steps=outcome.steps,
@@ -188,10 +207,13 @@ def _train_privately(
     # A run's first reply carries the site's whole ledger so auditors can recompute the
     # spend of earlier runs too; later replies carry the new entry.
     shared = books.verified if first_in_run else [entry]
+    log.info(  # the training loss stays here: it is a statistic of the training data, not DP
+        "site %s trained round %s of run %s: loss %.4f, epsilon %.3f of %g",
+        site.site_id, ledger_round, run_id, outcome.loss, outcome.epsilon, policy.max_epsilon,
+    )
     metrics = MetricRecord(
         {
             Key.NUM_EXAMPLES: len(data.train),
-            Key.TRAIN_LOSS: outcome.loss,
             Key.EPSILON: outcome.epsilon,
             Key.DELTA: privacy.delta,
             Key.BUDGET_EPSILON: policy.max_epsilon,
@@ -202,15 +224,10 @@ def _train_privately(
             Key.SECONDS: time.perf_counter() - started,
         }
     )
-    site_record = ConfigRecord(
-        {
-            Key.SITE_ID: site.site_id,
-            Key.LEDGER: [e.to_line() for e in shared],
-            Key.PUBLIC_KEY: public_key_pem(books.key),
-        }
-    )
+    site_record = ConfigRecord({Key.LEDGER: [e.to_line() for e in shared]})
     return _Trained(
         received=received, update=update, metrics=metrics, site_record=site_record, identity=books.key,
+        min_group=policy.min_secure_group,
     )
 
 
@@ -227,7 +244,7 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
             context.state, site=site.site_id, run=str(msg.metadata.run_id), round=server_round,
             identity=trained.identity,
             update={name: (trained.update[name] - trained.received[name]).numpy() for name in trained.update},
-            weight=int(trained.metrics[Key.NUM_EXAMPLES]),
+            examples=int(trained.metrics[Key.NUM_EXAMPLES]), min_group=trained.min_group,
         )
         content[RECORD] = ConfigRecord({Field.ADVERT: advert})
     else:
@@ -264,17 +281,29 @@ def _train_local_model(msg: Message, context: Context, site: Site) -> Message:
 
 
 def _evaluate(msg: Message, context: Context, site: Site) -> Message:
+    """Metrics of a round's global model on the site's test set, once per round it trained in.
+
+    A model the server chose is a question about the site's test patients, so the site
+    answers one per round, only for a round it trained in (its ledger says so), never over
+    fewer patients than its ``min_cell_size``, and with score histograms coarsened to the
+    same cell size.
+    """
     started = time.perf_counter()
-    check_code_approval(_policy(site), site=site.site_id, simulated=site.simulated)  # it reads patient data too
+    policy = _policy(site)
     plan = decode_plan(msg.content[Key.CONFIG])
+    server_round = int(msg.content[Key.CONFIG][Key.SERVER_ROUND])
+    _check_trained(site, run_id=str(context.run_id), server_round=server_round)
+    _mark_evaluated(context, site, f"round {server_round}")
     data = _load(site, plan)
-    model = _model(plan, state_from_arrays(msg.content[Key.ARRAYS]))
+    patients = patient_keys(data.test.metadata)
+    _check_enough_patients(site, patients, policy.min_cell_size)
+    model = _model(plan, state_from_arrays(msg.content[Key.ARRAYS]), site=site.site_id)
     labels = data.test.labels.numpy()
     scores = predict_scores(model, data.test.images, device=select_device(plan.training.device))
     loss = torch.nn.functional.binary_cross_entropy(
         torch.as_tensor(scores).clamp(1e-7, 1 - 1e-7), torch.as_tensor(labels)
     )
-    positives, negatives = score_histograms(labels, scores)
+    positives, negatives = score_histograms(labels, scores, patients=patients, min_patients=policy.min_cell_size)
     auroc = roc_auc(labels, scores)
     metrics = MetricRecord(
         {
@@ -288,37 +317,72 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
             Key.SECONDS: time.perf_counter() - started,
         }
     )
-    content = RecordDict({Key.METRICS: metrics, Key.SITE: ConfigRecord({Key.SITE_ID: site.site_id})})
-    return Message(content=content, reply_to=msg)
+    return Message(content=RecordDict({Key.METRICS: metrics}), reply_to=msg)
+
+
+def _check_trained(site: Site, *, run_id: str, server_round: int) -> None:
+    """Refuse to evaluate a round this site did not train in: its ledger is the witness."""
+    ledger = verify_ledger_file(site.state_dir / LEDGER_FILE, signing_key(site).public_key())
+    if not any((e.run_id, e.round) == (run_id, server_round) for e in ledger):
+        raise PrivacyError(
+            f"site {site.site_id} evaluates only the model of a round it trained in; it did not train "
+            f"round {server_round} of run {run_id}"
+        )
+
+
+def _mark_evaluated(context: Context, site: Site, what: str) -> None:
+    """Note in the site's context that ``what`` was evaluated; refuse a second request for it."""
+    record = context.state.get(EVALUATED) or ConfigRecord({"done": []})
+    done = list(record["done"])
+    if what in done:
+        raise PrivacyError(
+            f"site {site.site_id} already evaluated {what} of this run; it answers each evaluation once"
+        )
+    record["done"] = [*done, what]
+    context.state[EVALUATED] = record
+
+
+def _check_enough_patients(site: Site, patients: list, min_cell_size: int) -> None:
+    count = len(set(patients))
+    if count < min_cell_size:
+        raise PrivacyError(
+            f"site {site.site_id}'s test set covers {count} patients, fewer than its min_cell_size "
+            f"{min_cell_size}: no metric over it leaves the site"
+        )
 
 
 def _evaluate_cross_site(msg: Message, context: Context, site: Site) -> Message:
     """Aggregate metrics of every model, and subgroup cells of the global one.
 
     A cell over fewer patients than the site's ``min_cell_size`` is replaced by
-    ``{"suppressed": true}`` here, before anything is sent.
+    ``{"suppressed": true}`` here, before anything is sent. The site answers once per run,
+    for at most its policy's ``max_evaluation_models`` models.
     """
     policy = _policy(site)
-    check_code_approval(policy, site=site.site_id, simulated=site.simulated)
     plan = decode_plan(msg.content[Key.CONFIG])
+    models = {name.removeprefix(MODEL_PREFIX): arrays for name, arrays in msg.content.array_records.items()
+              if name.startswith(MODEL_PREFIX)}
+    if len(models) > policy.max_evaluation_models:
+        raise PrivacyError(
+            f"site {site.site_id} scores at most {policy.max_evaluation_models} models in one evaluation "
+            f"(its policy's max_evaluation_models); the server sent {len(models)}"
+        )
+    _mark_evaluated(context, site, "the cross-site evaluation")
     settings = plan.evaluation
     data = _load(site, plan)
     labels = data.test.labels.numpy()
     device = select_device(plan.training.device)
+    seed = plan.training.seed if plan.training.unsafe_reproducible else bootstrap_seed()
     cells, subgroups = {}, {}
-    for name, arrays in msg.content.array_records.items():
-        if not name.startswith(MODEL_PREFIX):
-            continue
-        model_id = name.removeprefix(MODEL_PREFIX)
-        scores = predict_scores(_model(plan, state_from_arrays(arrays)), data.test.images, device=device)
+    for model_id, arrays in models.items():
+        scores = predict_scores(_model(plan, state_from_arrays(arrays), site=site.site_id), data.test.images, device=device)
         analysis = evaluate_subgroups(  # groups for the global model; the others' overall cell only
             labels, scores, data.test.metadata, threshold=settings.threshold, min_cell_size=policy.min_cell_size,
-            confidence=settings.confidence, n_resamples=settings.bootstrap_samples, seed=plan.training.seed,
+            confidence=settings.confidence, n_resamples=settings.bootstrap_samples, seed=seed,
             attributes=ATTRIBUTES if model_id == GLOBAL_MODEL else (),
         )
         cells[model_id] = analysis["overall"]
         if model_id == GLOBAL_MODEL:
             subgroups = analysis
     report = json.dumps({"models": cells, "subgroups": subgroups})
-    record = ConfigRecord({Key.SITE_ID: site.site_id, Key.EVALUATION: report})
-    return Message(content=RecordDict({Key.SITE: record}), reply_to=msg)
+    return Message(content=RecordDict({Key.SITE: ConfigRecord({Key.EVALUATION: report})}), reply_to=msg)

@@ -97,9 +97,21 @@ def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_float_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load ``state`` (float tensors only), refusing missing or unexpected keys."""
-    expected = set(float_state(model))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    """Load ``state`` (float tensors only), refusing anything but finite weights of the model's own shapes.
+
+    Raises:
+        ValueError: missing or unexpected keys, another shape or dtype, NaN or infinity.
+    """
+    expected = float_state(model)
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         raise ValueError(f"model weights do not match: missing {missing}, unexpected {extra}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
+            raise ValueError(
+                f"model weights do not match: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                f"not {tuple(expected[name].shape)} {expected[name].dtype}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"model weights hold NaN or infinite values in {name}")
     model.load_state_dict(state, strict=False)

@@ -90,6 +90,20 @@ class PrivacyBooks:
             self.store.save(ledger_history, ledger_head=hashes[-1])
         return ledger_history
 
+    def check_new_round(self, run_id: str, round: int) -> None:  # noqa: A002 - the ledger's field name
+        """Refuse to train a (run, round) this site already trained: a repeated round lets a
+        server collect two releases of one round (and two secure-aggregation sessions).
+
+        Raises:
+            PrivacyError: the verified ledger already records that round.
+        """
+        entries = self.verified if self.verified is not None else self.entries()
+        if any((e.run_id, e.round) == (run_id, round) for e in entries):
+            raise PrivacyError(
+                f"site {self.site} already trained round {round} of run {run_id} (it is in its ledger); "
+                "a site trains each round once, whatever the server asks"
+            )
+
     def record(self, **fields: object) -> LedgerEntry:
         """Log one trained round: append the signed ledger entry, then save the state.
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -80,7 +81,9 @@ class LedgerEntry:
     model_hash: str
     """SHA-256 of the model the site received (:func:`hash_state`)."""
     update_hash: str
-    """SHA-256 of the update it sent back."""
+    """HMAC-SHA256 of the update it sent back, under a key only the site holds
+    (:func:`commit_state`): it binds the entry to one update, and the site can show which,
+    but nobody without the site's key can test a guessed dataset against it."""
     noise_multiplier: float
     sample_rate: float
     steps: int
@@ -192,9 +195,25 @@ def hash_state(state: Mapping[str, torch.Tensor]) -> str:
 
     Dict order does not matter; any change of name, dtype, shape or value does. Bytes are
     taken from contiguous CPU copies in the machine's byte order (little-endian on every
-    platform fedmed runs on).
+    platform fedmed runs on). For a model everyone may know (the one the server sent).
     """
     digest = hashlib.sha256(b"fedmed-state-v1\0")
+    _feed_state(digest, state)
+    return digest.hexdigest()
+
+
+def commit_state(state: Mapping[str, torch.Tensor], key: bytes) -> str:
+    """HMAC-SHA256 hex of a model state (as :func:`hash_state` encodes it) under ``key``.
+
+    For what the site released: a plain hash would let anyone holding the ledger and the
+    public model confirm a guess of the site's data by retraining on it.
+    """
+    mac = hmac.new(key, b"fedmed-state-v1\0", hashlib.sha256)
+    _feed_state(mac, state)
+    return mac.hexdigest()
+
+
+def _feed_state(digest: Any, state: Mapping[str, torch.Tensor]) -> None:
     for name in sorted(state):
         tensor = torch.as_tensor(state[name]).detach().to("cpu").contiguous()
         header = json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode("utf-8")
@@ -202,7 +221,6 @@ def hash_state(state: Mapping[str, torch.Tensor]) -> str:
         for part in (header, data):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- reading and verifying
@@ -375,6 +393,38 @@ def _integrity_problems(entry: LedgerEntry, public_key: Ed25519PublicKey, label:
     return problems
 
 
+def verify_entry(raw: dict[str, Any], public_key: Ed25519PublicKey) -> LedgerEntry:
+    """One entry on its own (fields, hash, signature): what the server checks as entries arrive.
+
+    The chain is for a whole ledger to show; a single entry shows only that the site signed it.
+
+    Raises:
+        LedgerError: the entry is malformed or not signed by ``public_key``.
+    """
+    if not isinstance(raw, dict):
+        raise LedgerError("a ledger entry must be a JSON object")
+    entry, problems = _read_entry(raw)
+    if entry is not None:
+        problems = _integrity_problems(entry, public_key, f"entry {entry.index}")
+    if problems:
+        raise LedgerError("; ".join(problems))
+    return entry
+
+
+def duplicate_rounds(entries: list[LedgerEntry]) -> list[str]:
+    """Problems: a (run, round) recorded twice, which a site never does (a replayed round)."""
+    seen: dict[tuple[str, int], int] = {}
+    problems = []
+    for entry in entries:
+        first = seen.setdefault((entry.run_id, entry.round), entry.index)
+        if first != entry.index:
+            problems.append(
+                f"entry {entry.index}: run {entry.run_id} round {entry.round} was already recorded by entry {first}: "
+                "the site trained one round twice (a server repeating a round can defeat secure aggregation)"
+            )
+    return problems
+
+
 def verify_ledger_file(path: Path, public_key: Ed25519PublicKey) -> list[LedgerEntry]:
     """The ledger's entries, after checking it is intact (what a site does before training).
 
@@ -467,6 +517,10 @@ def append_entry(
             raise LedgerError(_broken_message(path, problems))
         if entries and entries[-1].site != site:
             raise LedgerError(f"{path}: this ledger belongs to site {entries[-1].site!r}, not {site!r}")
+        if any((e.run_id, e.round) == (run_id, round) for e in entries):
+            raise LedgerError(
+                f"{path}: run {run_id} round {round} is already in the ledger; a site trains each round once"
+            )
         body = {
             "index": len(entries),
             **given,

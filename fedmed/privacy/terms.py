@@ -58,3 +58,28 @@ def check_noise(policy: SitePolicy, plan: PrivacyPlan, *, site: str) -> None:
             f"site {site} refuses the server's terms: the run's target epsilon needs noise "
             f"multiplier {plan.noise_multiplier:.4g}, below the policy's {policy.min_noise_multiplier:.4g}"
         )
+
+
+def check_randomness(policy: SitePolicy, *, site: str, unsafe_reproducible: bool, simulated: bool) -> None:
+    """Refuse a run that asks for seeded DP randomness, unless a simulated site's policy accepts it.
+
+    Seeded sampling and noise repeat bit for bit, and the server, which chose the seed, can
+    replay the noise and subtract it from the update: no privacy is left against it.
+
+    Raises:
+        PrivacyError: the run sets training.unsafe_reproducible and this site is real, or
+            its policy does not set unsafe_accept_reproducible.
+    """
+    if not unsafe_reproducible:
+        return
+    if not simulated:
+        raise PrivacyError(
+            f"site {site} refuses the server's terms: the run sets training.unsafe_reproducible (DP noise "
+            "seeded from the server's plan, which the server can remove); a real site never accepts it"
+        )
+    if not policy.unsafe_accept_reproducible:
+        raise PrivacyError(
+            f"site {site} refuses the server's terms: the run sets training.unsafe_reproducible (DP noise "
+            "seeded from the server's plan, which the server can remove); a simulated site accepts it only "
+            "when its policy sets unsafe_accept_reproducible: true"
+        )

@@ -1,27 +1,92 @@
-"""Local DP-SGD training of one site's model with Opacus."""
+"""Local DP-SGD training of one site's model with Opacus, on the site's own randomness.
+
+The pieces of Opacus' ``make_private`` are put together here rather than called through
+it, for one reason: ``make_private`` draws Poisson batches and noise from torch's
+generator, and a secure source (``secure_mode``) needs ``torchcsprng``, which has no
+current wheels. fedmed's :class:`~fedmed.privacy.randomness.Randomness` takes its place:
+the same per-sample gradients (``GradSampleModule``), clipping and accounting
+(``DPOptimizer`` with the accountant's step hook), with batches and noise drawn from the
+operating system's CSPRNG.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from opacus import PrivacyEngine
+from opacus import GradSampleModule
+from opacus.accountants import create_accountant
+from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
 
 from fedmed.privacy.accountant import MechanismStep, epsilon_of, history_of, quiet_opacus
 from fedmed.privacy.plan import PrivacyPlan
+from fedmed.privacy.randomness import Randomness
 
 
 @dataclass(frozen=True)
 class TrainOutcome:
     loss: float
-    """Mean training loss over the round's batches."""
+    """Mean training loss over the round's batches: for the site's own log, never sent."""
     steps: int
     history: list[MechanismStep]
     """The site's whole privacy history after this round."""
     epsilon: float
     """Cumulative epsilon after this round."""
+
+
+class PoissonBatches:
+    """Batch sampler: each record joins each batch independently with the plan's rate.
+
+    The batch sampler of Opacus' ``DPDataLoader``, drawing from ``randomness`` instead of
+    torch's generator. Its length is the plan's steps per epoch, so the rate Opacus would
+    derive (1 / len) is the plan's.
+    """
+
+    def __init__(self, n_records: int, *, rate: float, steps: int, randomness: Randomness) -> None:
+        self.n_records, self.rate, self.steps, self.randomness = n_records, rate, steps, randomness
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of index lists, as DataLoader wants
+        for _ in range(self.steps):
+            yield np.flatnonzero(self.randomness.poisson_mask(self.n_records, self.rate)).tolist()
+
+
+class SiteNoiseOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer, its Gaussian noise drawn from the site's randomness."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, randomness: Randomness, **kwargs: object) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.randomness = randomness
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for param in self.params:
+            summed = param.summed_grad
+            noise = self.randomness.gaussian(summed.shape, std, dtype=summed.dtype)
+            param.grad = (summed + noise.to(summed.device, non_blocking=True)).view_as(param)
+
+
+def poisson_loader(dataset: Dataset, plan: PrivacyPlan, *, randomness: Randomness) -> DataLoader:
+    """Batches by Poisson sampling at the plan's rate; an empty batch keeps its shapes."""
+    first = dataset[0]
+    return DataLoader(
+        dataset,
+        batch_sampler=PoissonBatches(
+            len(dataset), rate=plan.sample_rate, steps=round(1 / plan.sample_rate), randomness=randomness,
+        ),
+        collate_fn=wrap_collate_with_empty(
+            collate_fn=default_collate,
+            sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+            dtypes=[dtype_safe(x) for x in first],
+        ),
+    )
 
 
 def train_private(
@@ -31,8 +96,8 @@ def train_private(
     *,
     history: list[MechanismStep],
     epochs: int,
-    batch_size: int,
     learning_rate: float,
+    randomness: Randomness,
     momentum: float = 0.0,
     proximal_mu: float = 0.0,
     device: torch.device,
@@ -46,30 +111,27 @@ def train_private(
     """
     model.to(device).train()
     global_weights = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
-
+    accountant = create_accountant(plan.accountant)
+    accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
+    loader = poisson_loader(dataset, plan, randomness=randomness)
     with quiet_opacus():
-        engine = PrivacyEngine(accountant=plan.accountant)
-        engine.accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
-        private_model, optimizer, private_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
+        private_model = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        private_model.forbid_grad_accumulation()
+        optimizer = SiteNoiseOptimizer(
+            torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum),
+            randomness=randomness,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=plan.max_grad_norm,
-            poisson_sampling=True,
+            expected_batch_size=int(len(dataset) * plan.sample_rate),
+            loss_reduction="mean",
         )
-    if abs(private_loader.sample_rate - plan.sample_rate) > 1e-12:
-        raise RuntimeError(  # the plan's epsilon would not describe this training
-            f"Opacus samples at rate {private_loader.sample_rate}, the plan at {plan.sample_rate}"
-        )
+    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
 
     criterion = nn.BCEWithLogitsLoss()
     total_loss, batches = 0.0, 0
     with quiet_opacus():
         for _ in range(epochs):
-            for images, labels in private_loader:
+            for images, labels in loader:
                 optimizer.zero_grad(set_to_none=True)
                 images, labels = images.to(device), labels.to(device)
                 loss = criterion(private_model(images).squeeze(1), labels)
@@ -77,9 +139,10 @@ def train_private(
                 optimizer.step()
                 if proximal_mu:
                     _apply_proximal_step(model, global_weights, learning_rate * proximal_mu)
-                total_loss += float(loss.detach())
-                batches += 1
-    new_history = history_of(engine.accountant)
+                if len(labels):
+                    total_loss += float(loss.detach())
+                    batches += 1
+    new_history = history_of(accountant)
     private_model.to_standard_module()  # drop hooks and grad samples; ``model`` is trained
     return TrainOutcome(
         loss=total_loss / max(batches, 1),
@@ -92,5 +155,5 @@ def train_private(
 @torch.no_grad()
 def _apply_proximal_step(model: nn.Module, global_weights: list[torch.Tensor], rate: float) -> None:
     """w <- w - lr * mu * (w - w_global): the gradient step of FedProx's proximal term."""
-    for param, anchor in zip(model.parameters(), global_weights):
+    for param, anchor in zip(model.parameters(), global_weights, strict=True):
         param.sub_(param - anchor, alpha=rate)

@@ -107,6 +107,7 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         "training": _dict(config.get("training")),
         "privacy": _dict(config.get("privacy")),
         "secure_aggregation": _dict(config.get("secure_aggregation")).get("enabled"),
+        "unsafe_reproducible": bool(results.get("unsafe_reproducible")),
         "convergence_png": png_data_uri(convergence) if convergence else None,
         "epsilon_png": png_data_uri(epsilon) if epsilon else None,
         "evaluation": _evaluation_view(evaluation, sites) if isinstance(evaluation, dict) else None,

@@ -30,7 +30,11 @@ def png_data_uri(png: bytes) -> str:
 
 
 def plot_convergence(results: dict[str, Any], sites: list[str]) -> bytes | None:
-    """Test AUROC per site and pooled, and train loss per site, per round; None without rounds."""
+    """Test AUROC per site and pooled, and test loss per site, per round; None without rounds.
+
+    Test loss, not training loss: a site keeps its training loss (a statistic of its
+    training data, not covered by DP) to itself.
+    """
     rounds = results.get("rounds") or []
     if not rounds:
         return None
@@ -41,10 +45,10 @@ def plot_convergence(results: dict[str, Any], sites: list[str]) -> bytes | None:
         for index, site in enumerate(sites):
             colour = site_colour(index)
             _line(auroc_axes, numbers, _series(rounds, site, "test_auroc"), colour, site)
-            _line(loss_axes, numbers, _series(rounds, site, "train_loss"), colour, site)
+            _line(loss_axes, numbers, _series(rounds, site, "test_eval_loss"), colour, site)
         _line(auroc_axes, numbers, [r.get("global_auroc") for r in rounds], POOLED_COLOUR, "pooled", dashed=True)
         auroc_axes.set_title("Test AUROC")
-        loss_axes.set_title("Train loss")
+        loss_axes.set_title("Test loss")
         for axes in (auroc_axes, loss_axes):
             _finish_axes(axes, ticker)
         _legend(figure, auroc_axes)  # the same colours in both panels: one legend

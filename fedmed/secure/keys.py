@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedmed.errors import FedmedError
 
@@ -199,3 +200,12 @@ def key_fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """First 16 hex digits of SHA-256 over the raw public key: for people to compare keys."""
     raw = _public(key).public_bytes(encoding=serialization.Encoding.Raw, format=serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def commitment_key(key: Ed25519PrivateKey) -> bytes:
+    """A 32-byte MAC key derived from the site's private key: for commitments only the site can open.
+
+    HKDF-SHA256 with its own label, so it is independent of the signing key's use.
+    """
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedmed ledger update commitment v1").derive(raw)

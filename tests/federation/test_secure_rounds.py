@@ -32,35 +32,42 @@ from fedmed.secure.ring import RING, SCALE
 from fedmed.secure.secagg import SecureAggregationError
 
 SITES = ["site-a", "site-b", "site-c"]
-NODES = {10 + i: site for i, site in enumerate(SITES)}
+FOUR = [*SITES, "site-d"]
+NODES = {10 + i: site for i, site in enumerate(FOUR)}
 NODE_OF = {site: node for node, site in NODES.items()}
 
 
 @pytest.fixture(scope="module")
 def hospitals(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hospitals")
-    synthesize_hospitals(root, n_sites=3, images_per_site=60, image_size=32, seed=3)
+    synthesize_hospitals(root, n_sites=4, images_per_site=60, image_size=32, seed=3)
     return root
 
 
 class Run:
-    """One federation on LoopbackGrid; everything the server received is in ``received``."""
+    """One federation on LoopbackGrid; everything the server received is in ``received``.
+
+    ``reproducible`` runs under training.unsafe_reproducible (sites' policies accepting
+    it), so that two runs can be compared value for value.
+    """
 
     def __init__(
-        self, folder: Path, hospitals: Path, *, secure: bool, require: bool = False,
-        drop_at_mask: tuple[str, ...] = (), manifest: bool = True, **training: object,
+        self, folder: Path, hospitals: Path, *, secure: bool, require: bool = False, sites: list[str] = SITES,
+        drop_at_mask: tuple[str, ...] = (), manifest: bool = True, reproducible: bool = True,
+        grid_class: type[LoopbackGrid] = LoopbackGrid, **training: object,
     ) -> None:
         folder.mkdir()
         policy = {
             "max_epsilon": 50.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.5,
-            "require_secure_aggregation": require,
+            "require_secure_aggregation": require, "unsafe_accept_reproducible": reproducible,
         }
         (folder / "policy.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
         config = {
             "name": "loopback",
-            "data": {"root": str(hospitals), "sites": SITES, "image_size": 16, "cache_dir": str(folder.parent / "cache")},
+            "data": {"root": str(hospitals), "sites": sites, "image_size": 16, "cache_dir": str(folder.parent / "cache")},
             "training": {
-                "rounds": 1, "local_epochs": 1, "batch_size": 16, "learning_rate": 0.5, "min_sites": 2, **training,
+                "rounds": 1, "local_epochs": 1, "batch_size": 16, "learning_rate": 0.5, "min_sites": 2,
+                "unsafe_reproducible": reproducible, **training,
             },
             "privacy": {"noise_multiplier": 1.0, "delta": 1e-3},
             "secure_aggregation": {"enabled": secure},
@@ -85,8 +92,9 @@ class Run:
                 and message.metadata.dst_node_id in dropped_nodes
             )
 
-        grid = LoopbackGrid(
-            client_app, {node: {Key.PARTITION_ID: i} for i, node in enumerate(NODES)},
+        nodes = list(NODES)[: len(sites)]
+        grid = grid_class(
+            client_app, {node: {Key.PARTITION_ID: i} for i, node in enumerate(nodes)},
             run_config={Key.CONFIG_PATH: str(path), Key.OUT_DIR: str(self.out)},
             drop=drop, received=self.received,
         )
@@ -99,7 +107,7 @@ class Run:
 
     def train_replies(self) -> dict[str, Message]:
         return {
-            str(m.content[Key.SITE][Key.SITE_ID]): m
+            NODES[m.metadata.src_node_id]: m
             for m in self.received
             if m.metadata.message_type == "train" and not m.has_error()
         }
@@ -137,11 +145,12 @@ def secure(hospitals: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 def test_the_secure_aggregate_matches_plain_fedavg(plain: Run, secure: Run) -> None:
     assert secure.results["status"] == "completed"
+    assert secure.results["unsafe_reproducible"] is True
     round_one = secure.results["rounds"][0]
     assert round_one["secure_aggregation"]["sites"] == SITES
     assert round_one["secure_aggregation"]["dropped"] == []
-    assert round_one["secure_aggregation"]["threshold"] == 2
-    # same seeds, same data: the sites trained the same updates in both runs
+    assert round_one["secure_aggregation"]["threshold"] == 3
+    # seeded randomness (the unsafe opt-out), same data: the sites trained the same updates in both runs
     assert max_difference(secure.model(), plain.model()) < 1e-6
     assert max_difference(secure.model(), initial_model(secure)) > 1e-3  # and the model moved
 
@@ -179,18 +188,20 @@ def test_fedprox_composes_with_secure_aggregation(hospitals: Path, tmp_path: Pat
 # --------------------------------------------------------------------------------- dropouts
 
 
-def test_a_site_that_vanishes_mid_round_is_recovered(plain: Run, hospitals: Path, tmp_path: Path) -> None:
-    run = Run(tmp_path / "run", hospitals, secure=True, drop_at_mask=("site-b",))
+def test_a_site_that_vanishes_mid_round_is_recovered(hospitals: Path, tmp_path: Path) -> None:
+    plain = Run(tmp_path / "plain", hospitals, secure=False, sites=FOUR)
+    run = Run(tmp_path / "run", hospitals, secure=True, sites=FOUR, drop_at_mask=("site-b",))
     summary = run.results["rounds"][0]["secure_aggregation"]
     assert run.results["status"] == "completed"
-    assert summary["sites"] == ["site-a", "site-c"] and summary["dropped"] == ["site-b"]
-    assert max_difference(run.model(), weighted_mean(plain, ["site-a", "site-c"])) < 1e-6
+    assert summary["sites"] == ["site-a", "site-c", "site-d"] and summary["dropped"] == ["site-b"]
+    assert summary["threshold"] == 3
+    assert max_difference(run.model(), weighted_mean(plain, ["site-a", "site-c", "site-d"])) < 1e-6
 
 
 def test_too_many_vanishing_abandons_the_round_and_reveals_nothing(hospitals: Path, tmp_path: Path) -> None:
-    run = Run(tmp_path / "run", hospitals, secure=True, drop_at_mask=("site-b", "site-c"))
+    run = Run(tmp_path / "run", hospitals, secure=True, drop_at_mask=("site-b",))
     summary = run.results["rounds"][0]["secure_aggregation"]
-    assert "only 1 site(s) sent masked inputs, fewer than the secure-aggregation threshold 2" in summary["abandoned"]
+    assert "only 2 site(s) sent masked inputs, fewer than the secure-aggregation threshold 3" in summary["abandoned"]
     assert "nothing was unmasked" in summary["abandoned"]
     stages = {m.content[RECORD][Field.STAGE] for m in run.sent if m.metadata.message_type == MESSAGE_TYPE}
     assert stages == {"share", "mask"}  # never asked anyone to confirm or reveal
@@ -226,7 +237,7 @@ def secagg_message(run_id: int, server_round: int, stage: str = "share") -> Mess
 def test_a_step_from_another_run_or_round_is_rejected(run_id: int, server_round: int) -> None:
     state = RecordDict()
     key = Ed25519PrivateKey.generate()
-    begin_round(state, site="site-a", run="7", round=3, identity=key, update={"w": torch.zeros(4)}, weight=5)
+    begin_round(state, site="site-a", run="7", round=3, identity=key, update={"w": torch.zeros(4)}, examples=5, min_group=3)
     with pytest.raises(SecureAggregationError, match=f"run {run_id} round {server_round} arrived during run 7 round 3"):
         site_step(secagg_message(run_id, server_round), state, identity=key, manifest=dict)
 
@@ -234,3 +245,51 @@ def test_a_step_from_another_run_or_round_is_rejected(run_id: int, server_round:
 def test_a_step_without_a_round_in_progress_is_rejected() -> None:
     with pytest.raises(SecureAggregationError, match="no secure-aggregation round is in progress"):
         site_step(secagg_message(7, 3), RecordDict(), identity=Ed25519PrivateKey.generate(), manifest=dict)
+
+
+# ------------------------------------------------------------------------ a lying server
+
+
+class TotalLyingGrid(LoopbackGrid):
+    """The review's weight lie: site-a is told its own count as the round's total, every
+    other site a total of 10^15, so that their encodings would round to zero and the
+    "secure sum" would be site-a's update alone. Sites now take no total from the server."""
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201 - Grid's signature
+        for message in messages:
+            if message.metadata.message_type == MESSAGE_TYPE and message.content[RECORD][Field.STAGE] == "share":
+                lie = 300 if message.metadata.dst_node_id == NODE_OF["site-a"] else 10**15
+                message.content[RECORD]["total-weight"] = lie
+        return super().push_messages(messages)
+
+
+def test_a_total_lied_to_each_site_does_not_isolate_one_update(plain: Run, hospitals: Path, tmp_path: Path) -> None:
+    run = Run(tmp_path / "run", hospitals, secure=True, grid_class=TotalLyingGrid)
+    assert run.results["rounds"][0]["secure_aggregation"]["sites"] == SITES
+    assert max_difference(run.model(), weighted_mean(plain, SITES)) < 1e-6  # the honest weighted mean
+    target = plain.train_replies()["site-a"].content[Key.ARRAYS].to_torch_state_dict()
+    assert max_difference(run.model(), target) > 1e-3
+
+
+class RoundRepeatingGrid(LoopbackGrid):
+    """A server that sends every train message twice, to run two sessions of one round."""
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        messages = list(messages)
+        ids = list(super().push_messages(messages))
+        if messages and messages[0].metadata.message_type == "train":
+            repeats = [Message(m.content, m.metadata.dst_node_id, "train", group_id=m.metadata.group_id) for m in messages]
+            for message_id in super().push_messages(repeats):
+                self._replies.pop(message_id)  # the server keeps them to itself (run.received has them)
+        return ids
+
+
+def test_a_site_trains_each_round_once(hospitals: Path, tmp_path: Path) -> None:
+    run = Run(tmp_path / "run", hospitals, secure=True, grid_class=RoundRepeatingGrid, reproducible=False)
+    refusals = [m.error.reason for m in run.received if m.metadata.message_type == "train" and m.has_error()]
+    assert len(refusals) == 3 and all("already trained round 1 of run 1" in r for r in refusals)
+    assert run.results["status"] == "completed"
+    assert run.results["rounds"][0]["secure_aggregation"]["sites"] == SITES
+    for site in SITES:
+        ledger = (run.out / "ledgers" / f"{site}.jsonl").read_text().splitlines()
+        assert len(ledger) == 1

@@ -37,7 +37,7 @@ def write_config(
     folder = path.parent
     config = {
         "name": "tiny",
-        "data": {"root": str(data_root), "sites": ["site-a", "site-b", "site-c"], "image_size": 32},
+        "data": {"root": str(data_root), "sites": ["site-a", "site-b", "site-c", "site-d"], "image_size": 32},
         "model": {"name": "small_cnn"},
         "training": {
             "rounds": 3, "local_epochs": 2, "batch_size": 16, "learning_rate": 0.5,
@@ -63,9 +63,12 @@ def simulate(config: Path, out: Path, tmp_path: Path) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def hospitals(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three small hospitals; site-a has one truncated file, site-c no readable image."""
+    """Four small hospitals; site-a has one truncated file, site-c no readable image.
+
+    Three healthy sites, because secure aggregation never sums fewer than three.
+    """
     root = tmp_path_factory.mktemp("hospitals")
-    synthesize_hospitals(root, n_sites=3, images_per_site=120, image_size=48, seed=1)
+    synthesize_hospitals(root, n_sites=4, images_per_site=120, image_size=48, seed=1)
     first = sorted((root / "site-a" / "images").glob("*.dcm"))[0]
     first.write_bytes(first.read_bytes()[:400])
     for image in (root / "site-c" / "images").glob("*.dcm"):
@@ -87,7 +90,7 @@ def test_federation_completes_and_reports_per_site(federation: tuple[subprocess.
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed"
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
-    for site in ("site-a", "site-b"):
+    for site in ("site-a", "site-b", "site-d"):
         summary = results["sites"][site]
         assert summary["rounds_trained"] == 3
         assert summary["n_train"] + summary["n_test"] + (summary["skipped_files"] or 0) == 120
@@ -98,10 +101,12 @@ def test_federation_completes_and_reports_per_site(federation: tuple[subprocess.
         assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]  # cumulative
     assert results["sites"]["site-a"]["skipped_files"] == 1
     assert results["global"]["auroc"] >= 0.7
-    # secure aggregation is on by default: every round's model is the masked sum of a and b
-    assert all(r["secure_aggregation"]["sites"] == ["site-a", "site-b"] for r in results["rounds"])
-    assert "masked sum of 2 sites (threshold 2)" in completed.stdout
-    assert results["global"]["n_test"] == results["sites"]["site-a"]["n_test"] + results["sites"]["site-b"]["n_test"]
+    # secure aggregation is on by default: every round's model is the masked sum of a, b and d
+    assert all(r["secure_aggregation"]["sites"] == ["site-a", "site-b", "site-d"] for r in results["rounds"])
+    assert "masked sum of 3 sites (threshold 3)" in completed.stdout
+    assert results["global"]["n_test"] == sum(results["sites"][s]["n_test"] for s in ("site-a", "site-b", "site-d"))
+    # the sites' DP randomness is their own: the plan's seed decided nothing
+    assert results["unsafe_reproducible"] is False
 
 
 def test_broken_site_refuses_with_its_reason_and_the_rest_carry_on(
@@ -111,7 +116,7 @@ def test_broken_site_refuses_with_its_reason_and_the_rest_carry_on(
     results = json.loads((out / "results.json").read_text())
     assert results["sites"]["site-c"]["rounds_trained"] == 0
     reasons = [f["reason"] for r in results["rounds"] for f in r["failures"]]
-    assert len(reasons) == 6  # train and evaluate, three rounds
+    assert len(reasons) == 3  # train, three rounds (a site evaluates only rounds it trained in)
     assert all("site-c" in reason and "not a DICOM file" in reason for reason in reasons)
     (at_the_end,) = results["evaluation"]["failures"]  # and the cross-site evaluation
     assert at_the_end["stage"] == "cross-site evaluation" and "not a DICOM file" in at_the_end["reason"]
@@ -140,7 +145,8 @@ def test_run_folder_passes_the_audit_and_states_the_guarantee(
     assert audited.returncode == 0, audited.stdout + audited.stderr
     report = json.loads(audited.stdout)
     assert report["verdict"] == "pass"
-    assert sorted(s["site"] for s in report["sites"]) == ["site-a", "site-b"]
+    assert sorted(s["site"] for s in report["sites"]) == ["site-a", "site-b", "site-d"]
+    assert {s["key_source"] for s in report["sites"]} == {"manifest"}
     results = json.loads((out / "results.json").read_text())
     for site in report["sites"]:
         privacy = results["sites"][site["site"]]["privacy"]

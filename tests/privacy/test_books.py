@@ -344,9 +344,9 @@ def test_two_datasets_keep_separate_histories(state_dir: Path, key: Ed25519Priva
     second = open_books(state_dir, key, OTHER_FINGERPRINT)
     record(first, 1)
     assert second.spent() == []  # the other dataset's entries are not this one's spend
-    record(second, 1, noise=2.0, sample_rate=0.5, steps=3)
+    record(second, 1, noise=2.0, sample_rate=0.5, steps=3, run_id="run-2")
     record(first, 2)  # interleaved: still merged within the first dataset
-    record(second, 2, noise=2.0, sample_rate=0.5, steps=3)
+    record(second, 2, noise=2.0, sample_rate=0.5, steps=3, run_id="run-2")
     assert first.ledger_path == second.ledger_path
     assert [e.dataset_fingerprint for e in first.entries()] == [FINGERPRINT, OTHER_FINGERPRINT] * 2
     assert first.spent() == [MechanismStep(1.1, 0.125, 16)]
@@ -358,7 +358,7 @@ def test_one_datasets_lost_state_does_not_affect_another(state_dir: Path, key: E
     first = open_books(state_dir, key, FINGERPRINT)
     second = open_books(state_dir, key, OTHER_FINGERPRINT)
     record(first, 1)
-    record(second, 1)
+    record(second, 1, run_id="run-2")
     second.store.path.unlink()
     assert first.spent() == [MechanismStep(1.1, 0.125, 8)]
     with pytest.raises(PrivacyError, match=r"is missing, but the ledger records 1 round\(s\)"):
@@ -371,9 +371,22 @@ def test_crash_on_one_dataset_is_caught_up_past_another_datasets_entries(
     first = open_books(state_dir, key, FINGERPRINT)
     second = open_books(state_dir, key, OTHER_FINGERPRINT)
     record(first, 1)
-    record(second, 1)
+    record(second, 1, run_id="run-2")
     crash_after_ledger(first, 2, noise=0.9)
-    record(second, 2)
+    record(second, 2, run_id="run-2")
     assert first.spent() == [MechanismStep(1.1, 0.125, 8), MechanismStep(0.9, 0.125, 8)]
     assert first.store.ledger_head() == first.entries()[2].entry_hash
     assert second.spent() == [MechanismStep(1.1, 0.125, 16)]
+
+
+def test_a_round_is_recorded_once(state_dir: Path, key: Ed25519PrivateKey) -> None:
+    """A site never trains a (run, round) twice: a server repeating a round gets a refusal."""
+    books = open_books(state_dir, key, FINGERPRINT)
+    books.spent()
+    record(books, 1)
+    with pytest.raises(PrivacyError, match="already trained round 1 of run run-1"):
+        books.check_new_round("run-1", 1)
+    books.check_new_round("run-1", 2)
+    books.check_new_round("run-2", 1)
+    with pytest.raises(PrivacyError, match="run run-1 round 1 is already in the ledger"):
+        record(books, 1)

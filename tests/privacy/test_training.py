@@ -11,6 +11,7 @@ from fedmed.config import PrivacyConfig
 from fedmed.models import create_model, float_state
 from fedmed.privacy.accountant import MechanismStep, epsilon_of
 from fedmed.privacy.plan import PrivacyPlan, plan_privacy
+from fedmed.privacy.randomness import SecureRandomness, SeededRandomness
 from fedmed.privacy.training import TrainOutcome, train_private
 
 pytestmark = [
@@ -51,11 +52,12 @@ def train(
     plan: PrivacyPlan,
     history: list[MechanismStep],
     *,
-    seed: int = 1,
+    seed: int | None = 1,
     **kwargs: object,
 ) -> TrainOutcome:
-    torch.manual_seed(seed)  # Poisson batches and noise come from torch's global generator
-    options: dict = {"epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 0.1, "device": CPU}
+    """DP-SGD with a seeded generator (reproducible), or the site's CSPRNG with ``seed=None``."""
+    randomness = SecureRandomness() if seed is None else SeededRandomness(seed)
+    options: dict = {"epochs": EPOCHS, "learning_rate": 0.1, "device": CPU, "randomness": randomness}
     options.update(kwargs)
     return train_private(model, dataset, plan, history=history, **options)
 
@@ -132,9 +134,14 @@ def test_same_seed_same_weights(dataset: TensorDataset) -> None:
     assert distance(float_state(a), float_state(b)) == 0
 
 
-def test_batch_size_must_match_the_plan(dataset: TensorDataset) -> None:
-    with pytest.raises(RuntimeError, match=r"Opacus samples at rate 0\.5, the plan at 0\.25"):
-        train(make_model(), dataset, make_plan(), [], batch_size=32)
+def test_the_sites_own_randomness_gives_a_different_update_each_time(dataset: TensorDataset) -> None:
+    """Nothing the server sends (seeds included) decides the batches or the noise."""
+    a, b = make_model(), make_model()
+    torch.manual_seed(5)
+    train(a, dataset, make_plan(), [], seed=None)
+    torch.manual_seed(5)
+    train(b, dataset, make_plan(), [], seed=None)
+    assert distance(float_state(a), float_state(b)) > 0.01
 
 
 def test_learns_the_bright_square_with_little_noise(dataset: TensorDataset) -> None:

@@ -39,18 +39,17 @@ def make_results() -> dict[str, Any]:
             "round": number,
             "sites": {
                 site: {
-                    "train_loss": 0.693 - 0.071 * number - 0.013 * i,
                     "epsilon": 0.4137 * number + 0.05 * i,
                     "delta": 1e-05, "num_examples": 300 + 10 * i, "noise_multiplier": 1.23,
                     "sample_rate": 0.21333, "steps": 5, "seconds": 2.71 + i,
                     "test_auroc": 0.61 + 0.081 * number + 0.017 * i, "test_accuracy": 0.58 + 0.05 * number,
-                    "test_eval_loss": 0.66 - 0.02 * number, "test_num_examples": 100 + 10 * i,
+                    "test_eval_loss": 0.66 - 0.02 * number - 0.013 * i, "test_num_examples": 100 + 10 * i,
                 }
                 for i, site in enumerate(SITES)
             },
             "failures": [{"stage": "train", "node": 4417, "reason": "site-c refused: epsilon budget would be exceeded"}]
             if number == 3 else [],
-            "secure_aggregation": {"sites": SITES, "dropped": [], "threshold": 2, "seconds": 0.412},
+            "secure_aggregation": {"sites": SITES, "dropped": [], "threshold": 3, "seconds": 0.412},
             "global_auroc": 0.605 + 0.083 * number,
         })
     sites = {

@@ -34,7 +34,8 @@ def test_summary_and_sections_show_the_run(page: str) -> None:
     for expected in [
         "chest-xray-demo", "completed", "0.1.0", "2026-01-01T00:00:00+00:00", "188 s", "site-a, site-b, site-c",
         "3 planned; last recorded: round 3", "densenet121", "fedavg",
-        "target epsilon 2 per site, delta 1e-05, max grad norm 1, accountant prv", "Secure aggregation on",
+        "target epsilon 2 per site, delta 1e-05, max grad norm 1, accountant prv; sampling and noise from each "
+        "site's own CSPRNG", "Secure aggregation on",
         FINDING,
         "0.874 [0.812, 0.929]", "suppressed", "local:site-c : site-c declined to share a model",
         "Overall: n 110, prevalence 0.280, AUROC 0.791 [0.722, 0.853]",
@@ -103,6 +104,14 @@ def test_stopped_run_without_evaluation(results: dict[str, Any]) -> None:
     assert "No privacy ledger: this site never trained in this run." in text
     assert "last recorded: round 2" in text and 'id="failures"' not in html
     assert numbers_missing_from(html, results) == []
+
+
+def test_a_run_with_seeded_randomness_says_so(results: dict[str, Any]) -> None:
+    results["unsafe_reproducible"] = True
+    text = " ".join(visible_text(render_report(results)).split())
+    assert "sampling and noise seeded from the plan (unsafe)" in text
+    assert "no differential privacy held against the server in this run" in text
+    assert "no differential privacy held" not in " ".join(visible_text(render_report(make_results())).split())
 
 
 def test_run_that_recorded_nothing() -> None:
