@@ -40,12 +40,21 @@ def audit(
             "default <ledger>.pub beside each ledger.",
         ),
     ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="The consortium's key manifest (consortium-keys.json) to verify every site against; "
+            "default for a run folder: the one its results.json records.",
+        ),
+    ] = None,
 ) -> None:
     """Check each site's ledger (chain, signatures, budget, delta) and recompute epsilon with dp_accounting.
 
-    Exit code 0 when every site passes, 1 when any fails, 2 when the input is unusable.
+    A ledger checked only against the key beside it is reported as unverified, not passed.
+    Exit code 0 when every site passes, 1 when any fails or is unverified, 2 when the input is unusable.
     """
-    report = audit_path(path, public_keys=parse_public_keys(public_key or []))
+    report = audit_path(path, public_keys=parse_public_keys(public_key or []), manifest=manifest)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:

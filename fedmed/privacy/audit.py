@@ -20,7 +20,17 @@ A site's verdict is "fail" when any of these holds:
 * delta is not below 1/N for the N records, or delta or N changed within the dataset's
   history (epsilons at different deltas do not compose into one guarantee);
 * the ledger has no entries (an emptied ledger cannot be told from one never written), or
-  its entries name another site.
+  its entries name another site;
+* a (run, round) is recorded twice: a site trains each round once, so a repeat means a
+  server replayed a round (which can defeat secure aggregation) or the ledger was spliced;
+* in a run folder, the ledger copy lacks a round that ``results.json`` says the site trained
+  in this run (its tail was cut off).
+
+Which key a ledger is checked against decides how much a pass means. A key the auditor
+gives (``--public-key``) or the consortium's key manifest (``--manifest``, default: the
+manifest the run recorded in results.json) makes a pass a pass. A key found only beside
+the ledger was written by whoever wrote the ledger copy: a ledger that verifies with it
+alone is **unverified**, never passed.
 
 "The dataset" of a site is the dataset fingerprint of its last entry; its numbers are
 reported. Entries for other fingerprints (earlier datasets of the same site) are audited
@@ -35,6 +45,8 @@ compare the fingerprints with the ones the sites published.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,12 +62,18 @@ from fedmed.errors import FedmedError
 from fedmed.privacy.accountant import MechanismStep
 from fedmed.privacy.ledger import (
     LedgerEntry,
+    duplicate_rounds,
     history_for,
     read_unverified_entries,
     verify_entries,
 )
 from fedmed.privacy.plan import BUDGET_TOLERANCE
 from fedmed.secure.keys import key_fingerprint, load_public_key_file
+from fedmed.secure.manifest import load_manifest
+
+KEY_FROM_AUDITOR = "auditor"
+KEY_FROM_MANIFEST = "manifest"
+KEY_BESIDE_LEDGER = "beside the ledger"
 
 REPORT_TOLERANCE = 0.02
 """Relative slack for "reported epsilon is not below the recomputed one": Opacus PRV and
@@ -170,7 +188,7 @@ class SiteAudit:
 
     site: str
     verdict: str
-    """"pass" or "fail"."""
+    """"pass", "fail", or "unverified" (intact, but only against the key beside the ledger)."""
     reasons: list[str]
     """Why it failed, one sentence each; empty when it passes."""
     entries: int
@@ -181,12 +199,14 @@ class SiteAudit:
     history: list[MechanismStep]
     statement: str
     public_key_fingerprint: str
+    head: dict[str, Any] | None = None
+    """The last entry's index and entry_hash: compare them with the site's own ledger."""
+    key_source: str = KEY_BESIDE_LEDGER
+    """Who vouches for the key: the auditor, the consortium's manifest, or only the file beside the ledger."""
     notes: list[str] = field(default_factory=list)
     """For people only (not in the JSON): what else was checked."""
     public_key_source: str = ""
     """Where the public key came from (not in the JSON)."""
-    public_key_given: bool = False
-    """True when the auditor named the key (--public-key), not found beside the ledger."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -204,6 +224,8 @@ class SiteAudit:
             ],
             "statement": self.statement,
             "public_key_fingerprint": self.public_key_fingerprint,
+            "key_source": self.key_source,
+            "head": self.head,
         }
 
 
@@ -215,8 +237,11 @@ class AuditReport:
 
     @property
     def verdict(self) -> str:
-        """"pass" when there is at least one site and every site passes."""
-        return "pass" if self.sites and all(s.verdict == "pass" for s in self.sites) else "fail"
+        """"pass" when there is at least one site and every site passes; "unverified" when none
+        fails but some were checked only against the key beside their ledger."""
+        if not self.sites or any(s.verdict == "fail" for s in self.sites):
+            return "fail"
+        return "pass" if all(s.verdict == "pass" for s in self.sites) else "unverified"
 
     def to_json(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "sites": [s.to_json() for s in self.sites]}
@@ -253,6 +278,7 @@ def audit_ledger(unverified_entries: list[dict[str, Any]], public_key: Ed25519Pu
     other_sites = sorted({e.site for e in entries if e.site != site})
     if other_sites:
         reasons.append(f"entries name site(s) {', '.join(repr(s) for s in other_sites)}, not {site!r}")
+    reasons.extend(duplicate_rounds(entries))
     last = entries[-1]
     notes = []
     recomputed: dict[str, float] = {}
@@ -294,6 +320,7 @@ def audit_ledger(unverified_entries: list[dict[str, Any]], public_key: Ed25519Pu
         history=history,
         statement=statement,
         public_key_fingerprint=fingerprint,
+        head={"index": last.index, "entry_hash": last.entry_hash},
         notes=notes,
     )
 
@@ -333,16 +360,19 @@ def _audit_dataset(entries: list[LedgerEntry], history: list[MechanismStep]) -> 
     return reasons, recomputed
 
 
-def audit_path(path: Path, *, public_keys: dict[str, Path] | None = None) -> AuditReport:
-    """Audit a run folder (``ledgers/<site>.jsonl`` with ``ledgers/<site>.pub``) or one ledger file.
+def audit_path(path: Path, *, public_keys: dict[str, Path] | None = None, manifest: Path | None = None) -> AuditReport:
+    """Audit a run folder (``ledgers/<site>.jsonl``, ``results.json``) or one ledger file.
 
-    ``public_keys`` maps site to a PEM public key file and takes precedence over a ``.pub``
-    beside the ledger. For a single ledger file the site is the one its entries name (else
-    the file's stem); a single key given for a single file is used whatever its site name.
+    Each ledger is checked against, in this order: the key the auditor gives in
+    ``public_keys`` (site to PEM file), the site's key in ``manifest`` (for a run folder,
+    default: the manifest its results.json recorded, if that file is there), or the
+    ``.pub`` file beside the ledger, in which case a ledger that verifies is "unverified".
+    For a single ledger file the site is the one its entries name (else the file's stem); a
+    single key given for a single file is used whatever its site name.
 
     Raises:
         FedmedError: the path does not exist, holds no ledgers, a ledger has no public key, a
-            key names a site without a ledger, or a file cannot be read.
+            key names a site without a ledger, a manifest cannot be read, or a file cannot be read.
     """
     path = Path(path)
     keys = {site: Path(key) for site, key in (public_keys or {}).items()}
@@ -352,17 +382,11 @@ def audit_path(path: Path, *, public_keys: dict[str, Path] | None = None) -> Aud
         unverified = read_unverified_entries(path)
         site = _named_site(unverified) or path.stem
         if len(keys) == 1:
-            key_path = next(iter(keys.values()))
-            given = True
-        elif keys:
-            if site not in keys:
-                raise FedmedError(
-                    f"{path}: ledger of site {site!r}, but --public-key names only {', '.join(sorted(keys))}"
-                )
-            key_path, given = keys[site], True
-        else:
-            key_path, given = path.with_suffix(".pub"), False
-        return AuditReport([_audit_file(path, unverified, site, key_path, given)])
+            keys = {site: next(iter(keys.values()))}
+        elif keys and site not in keys:
+            raise FedmedError(f"{path}: ledger of site {site!r}, but --public-key names only {', '.join(sorted(keys))}")
+        trusted = _KeyRing(keys, manifest, notes=[])
+        return AuditReport([_audit_file(path, unverified, site, trusted)])
     folder = path / "ledgers" if (path / "ledgers").is_dir() else path
     ledgers = {ledger.stem: ledger for ledger in sorted(folder.glob("*.jsonl"))}
     if not ledgers:
@@ -373,11 +397,86 @@ def audit_path(path: Path, *, public_keys: dict[str, Path] | None = None) -> Aud
             f"{path}: --public-key names site(s) {', '.join(unknown)} without a ledger; ledgers found: "
             + ", ".join(ledgers)
         )
+    results = _read_results(path)
+    notes: list[str] = []
+    if manifest is None and results is not None:
+        manifest = _recorded_manifest(results, notes)
+    trusted = _KeyRing(keys, manifest, notes=notes)
     sites = []
     for site, ledger in ledgers.items():
-        key_path = keys.get(site, ledger.with_suffix(".pub"))
-        sites.append(_audit_file(ledger, read_unverified_entries(ledger), site, key_path, site in keys))
+        audit = _audit_file(ledger, read_unverified_entries(ledger), site, trusted)
+        if results is not None:
+            audit = _cross_check(audit, ledger, results)
+        sites.append(audit)
     return AuditReport(sites)
+
+
+class _KeyRing:
+    """The keys an audit trusts: the auditor's own, then the consortium's manifest."""
+
+    def __init__(self, given: dict[str, Path], manifest: Path | None, *, notes: list[str]) -> None:
+        self.given, self.manifest_path, self.notes = given, manifest, notes
+        self.manifest = load_manifest(manifest) if manifest is not None else None
+
+    def key_for(self, site: str, ledger: Path) -> tuple[Ed25519PublicKey, str, str]:
+        """The key for ``site``, where it came from (for people), and who vouches for it."""
+        if site in self.given:
+            return load_public_key_file(self.given[site]), str(self.given[site]), KEY_FROM_AUDITOR
+        if self.manifest is not None:
+            if site not in self.manifest:
+                raise FedmedError(
+                    f"{ledger}: the consortium's key manifest {self.manifest_path} has no key for site {site}; "
+                    f"give the key the site published with --public-key {site}=PEMFILE"
+                )
+            return self.manifest[site], f"{self.manifest_path} (the consortium's key manifest)", KEY_FROM_MANIFEST
+        beside = ledger.with_suffix(".pub")
+        if not beside.exists():
+            raise FedmedError(
+                f"{ledger}: no public key for site {site} at {beside}; give the key the site published "
+                f"with --public-key {site}=PEMFILE, or the consortium's key manifest with --manifest FILE"
+            )
+        return load_public_key_file(beside), str(beside), KEY_BESIDE_LEDGER
+
+
+def _read_results(run: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _recorded_manifest(results: dict[str, Any], notes: list[str]) -> Path | None:
+    """The manifest the run verified sites against, if it is still where the run found it."""
+    recorded = results.get("manifest") or {}
+    where = recorded.get("path")
+    if not where or not Path(where).is_file():
+        return None
+    digest = hashlib.sha256(Path(where).read_bytes()).hexdigest()
+    if recorded.get("sha256") and digest != recorded["sha256"]:
+        notes.append(f"the key manifest {where} changed since the run (SHA-256 {digest[:16]}, the run had "
+                     f"{str(recorded['sha256'])[:16]})")
+    notes.append(f"keys from {where}, SHA-256 {digest[:16]}: compare with your copy of the consortium's manifest")
+    return Path(where)
+
+
+def _cross_check(audit: SiteAudit, ledger: Path, results: dict[str, Any]) -> SiteAudit:
+    """Fail a ledger copy that lacks a round results.json says the site trained in this run."""
+    run_id = results.get("run_id")
+    if not run_id:
+        return audit
+    trained = [r["round"] for r in results.get("rounds") or [] if audit.site in (r.get("sites") or {})
+               and "epsilon" in r["sites"][audit.site]]
+    if ((results.get("sites") or {}).get(audit.site) or {}).get("local_model"):
+        trained.append(0)
+    recorded = {(e.get("run_id"), e.get("round")) for e in read_unverified_entries(ledger)}
+    missing = [r for r in trained if (str(run_id), r) not in recorded]
+    if not missing:
+        return audit
+    reason = (
+        f"the ledger has no entry for round(s) {', '.join(map(str, missing))} of run {run_id}, which results.json "
+        "says the site trained: entries were cut off the ledger's end (compare with the site's own ledger)"
+    )
+    return replace(audit, verdict="fail", reasons=[*audit.reasons, reason], statement=_not_confirmed(audit.site))
 
 
 def _named_site(unverified: list[dict[str, Any]]) -> str | None:
@@ -387,15 +486,11 @@ def _named_site(unverified: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _audit_file(ledger: Path, unverified: list[dict[str, Any]], site: str, key_path: Path, given: bool) -> SiteAudit:
-    if not given and not key_path.exists():
-        raise FedmedError(
-            f"{ledger}: no public key for site {site} at {key_path}; give the key the site published "
-            f"with --public-key {site}=PEMFILE"
-        )
-    public_key = load_public_key_file(key_path)
+def _audit_file(ledger: Path, unverified: list[dict[str, Any]], site: str, trusted: _KeyRing) -> SiteAudit:
+    public_key, source, vouched = trusted.key_for(site, ledger)
     audit = audit_ledger(unverified, public_key, site=site)
-    return replace(audit, public_key_source=str(key_path), public_key_given=given)
+    verdict = "unverified" if audit.verdict == "pass" and vouched == KEY_BESIDE_LEDGER else audit.verdict
+    return replace(audit, verdict=verdict, key_source=vouched, public_key_source=source, notes=[*audit.notes, *trusted.notes])
 
 
 # ---------------------------------------------------------------- rendering
@@ -403,20 +498,30 @@ def _audit_file(ledger: Path, unverified: list[dict[str, Any]], site: str, key_p
 
 def render_audit(report: AuditReport, console: Console) -> None:
     """Per site: the verdict, the numbers, the reasons and the guarantee in words."""
+    colours = {"pass": "green", "unverified": "yellow", "fail": "red"}
     for audit in report.sites:
-        colour = "green" if audit.verdict == "pass" else "red"
+        colour = colours[audit.verdict]
         console.print(
             f"[bold {colour}]{audit.verdict.upper()}[/]  [bold]{escape(audit.site)}[/]  "
             f"{audit.entries} ledger entries, public key {audit.public_key_fingerprint}",
             highlight=False,
         )
         source = escape(audit.public_key_source) if audit.public_key_source else "given"
-        if audit.public_key_given:
+        if audit.key_source == KEY_FROM_AUDITOR:
             console.print(f"  key: {source} (given by the auditor)", highlight=False)
+        elif audit.key_source == KEY_FROM_MANIFEST:
+            console.print(f"  key: {source}", highlight=False)
         else:
             console.print(
-                f"  key: {source} [yellow](found beside the ledger: compare its fingerprint with the one the "
-                "site published; give it with --public-key SITE=PEMFILE)[/]",
+                f"  key: {source} [yellow](found beside the ledger, written by whoever wrote the ledger copy: "
+                "unverified; give the consortium's manifest with --manifest FILE or the site's key with "
+                "--public-key SITE=PEMFILE)[/]",
+                highlight=False,
+            )
+        if audit.head is not None:
+            console.print(
+                f"  head: entry {audit.head['index']}, entry_hash {audit.head['entry_hash'][:16]} "
+                "(compare with the site's own ledger)",
                 highlight=False,
             )
         if audit.recomputed_epsilon is not None:
@@ -438,10 +543,9 @@ def render_audit(report: AuditReport, console: Console) -> None:
             console.print(f"  note: {escape(note)}", highlight=False)
         console.print(f"  {escape(audit.statement)}", highlight=False)
         console.print()
-    colour = "green" if report.verdict == "pass" else "red"
-    failed = sum(s.verdict != "pass" for s in report.sites)
+    passed = sum(s.verdict == "pass" for s in report.sites)
     console.print(
-        f"[bold {colour}]{report.verdict.upper()}[/]: {len(report.sites) - failed} of {len(report.sites)} "
+        f"[bold {colours[report.verdict]}]{report.verdict.upper()}[/]: {passed} of {len(report.sites)} "
         "site ledgers pass",
         highlight=False,
     )

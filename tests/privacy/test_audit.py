@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
@@ -28,8 +29,10 @@ from fedmed.privacy.audit import (
     recompute_epsilon,
     render_audit,
 )
-from fedmed.privacy.ledger import append_entry, read_unverified_entries
+from fedmed.privacy.ledger import append_entry, compute_entry_hash, read_unverified_entries
 from fedmed.secure.keys import key_fingerprint, public_key_pem
+from fedmed.secure.manifest import write_manifest
+from fedmed.secure.statements import canonical_json
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
@@ -259,7 +262,8 @@ def test_earlier_dataset_failure_is_named(tmp_path: Path, key: Ed25519PrivateKey
 
 
 def make_run(tmp_path: Path) -> tuple[Path, dict[str, Ed25519PrivateKey]]:
-    """A run folder with two sites: site-a honest, site-b with an edited entry."""
+    """A run folder with two sites: site-a honest, site-b with an edited entry; the
+    consortium's manifest in ``tmp_path / "consortium-keys.json"``."""
     run = tmp_path / "run"
     keys = {}
     for site in ("site-a", "site-b"):
@@ -268,36 +272,95 @@ def make_run(tmp_path: Path) -> tuple[Path, dict[str, Ed25519PrivateKey]]:
         ledger.with_suffix(".pub").write_text(public_key_pem(keys[site]))
     ledger = run / "ledgers" / "site-b.jsonl"
     ledger.write_text(ledger.read_text().replace('"round":2', '"round":7'))
+    write_manifest(tmp_path / "consortium-keys.json", {site: key.public_key() for site, key in keys.items()})
     return run, keys
 
 
 def test_run_folder_with_one_tampered_site_fails_overall(tmp_path: Path) -> None:
     run, keys = make_run(tmp_path)
-    report = audit_path(run)
+    report = audit_path(run, manifest=tmp_path / "consortium-keys.json")
     assert report.verdict == "fail"
     assert [(s.site, s.verdict) for s in report.sites] == [("site-a", "pass"), ("site-b", "fail")]
     assert any("entry 1 (line 2): entry_hash does not match" in r for r in report.sites[1].reasons)
     assert report.sites[0].public_key_fingerprint == key_fingerprint(keys["site-a"])
-    assert not report.sites[0].public_key_given
+    assert report.sites[0].key_source == "manifest"
 
 
-def test_given_key_takes_precedence_over_the_one_beside_the_ledger(tmp_path: Path) -> None:
+def test_a_key_found_only_beside_the_ledger_verifies_nothing(tmp_path: Path) -> None:
+    run, _ = make_run(tmp_path)
+    report = audit_path(run)
+    assert [(s.site, s.verdict) for s in report.sites] == [("site-a", "unverified"), ("site-b", "fail")]
+    (run / "ledgers" / "site-b.jsonl").unlink()
+    assert audit_path(run).verdict == "unverified"
+
+
+def test_a_forged_ledger_with_a_forged_key_beside_it_is_never_passed(tmp_path: Path) -> None:
+    """The review's attack: whoever writes the ledger copy writes the key beside it too."""
+    run, _ = make_run(tmp_path)
+    forger = Ed25519PrivateKey.generate()
+    ledger = run / "ledgers" / "site-a.jsonl"
+    ledger.unlink()
+    write_ledger(ledger, forger, rounds=1, scale=0.5)  # half the spend, signed by the forger
+    ledger.with_suffix(".pub").write_text(public_key_pem(forger))
+    against_manifest = audit_path(run, manifest=tmp_path / "consortium-keys.json").sites[0]
+    assert against_manifest.verdict == "fail"
+    assert any("signature does not verify with the site's public key" in r for r in against_manifest.reasons)
+    assert audit_path(run).sites[0].verdict != "pass"
+
+
+def test_given_key_takes_precedence_over_the_manifest_and_the_one_beside(tmp_path: Path) -> None:
     run, keys = make_run(tmp_path)
     (run / "ledgers" / "site-a.pub").write_text(public_key_pem(Ed25519PrivateKey.generate()))  # swapped by someone
     assert audit_path(run).sites[0].verdict == "fail"
     (tmp_path / "a.pem").write_text(public_key_pem(keys["site-a"]))
     audited = audit_path(run, public_keys={"site-a": tmp_path / "a.pem"}).sites[0]
-    assert audited.verdict == "pass" and audited.public_key_given
+    assert audited.verdict == "pass" and audited.key_source == "auditor"
+
+
+def test_a_round_recorded_twice_fails(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    """A repeated (run, round): the site's own writer refuses it, so this line is written by hand."""
+    ledger = write_ledger(tmp_path / "site-a.jsonl", key, rounds=1)
+    first = json.loads(ledger.read_text())
+    body = {**{k: v for k, v in first.items() if k not in ("entry_hash", "signature")},
+            "index": 1, "prev_hash": first["entry_hash"], "epsilon": first["epsilon"] * 1.5}
+    entry_hash = compute_entry_hash(body)
+    signature = base64.b64encode(key.sign(canonical_json({**body, "entry_hash": entry_hash}))).decode()
+    with ledger.open("a") as handle:
+        handle.write(json.dumps({**body, "entry_hash": entry_hash, "signature": signature}, separators=(",", ":")) + "\n")
+    result = audit_of(ledger, key)
+    assert result.verdict == "fail"
+    assert any("run run-1 round 1 was already recorded by entry 0" in r for r in result.reasons)
+
+
+def test_a_ledger_copy_cut_short_of_the_run_fails(tmp_path: Path) -> None:
+    run, keys = make_run(tmp_path)
+    (run / "ledgers" / "site-b.jsonl").unlink()
+    manifest = tmp_path / "consortium-keys.json"
+    results = {
+        "run_id": "run-1",
+        "manifest": {"path": str(manifest), "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()},
+        "rounds": [{"round": r, "sites": {"site-a": {"epsilon": 0.1 * r}}} for r in (1, 2, 3)],
+        "sites": {"site-a": {"local_model": None}},
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    audited = audit_path(run).sites[0]  # the run's recorded manifest, by default
+    assert audited.key_source == "manifest" and audited.verdict == "fail"
+    assert any("no entry for round(s) 3 of run run-1" in r and "cut off" in r for r in audited.reasons)
+    results["rounds"].pop()
+    (run / "results.json").write_text(json.dumps(results))
+    assert audit_path(run).sites[0].verdict == "pass"
 
 
 def test_single_ledger_file_with_its_key_beside_or_given(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     ledger = write_ledger(tmp_path / "ledger.jsonl", key, rounds=1)
     (tmp_path / "ledger.pub").write_text(public_key_pem(key))
     report = audit_path(ledger)
-    assert report.verdict == "pass" and report.sites[0].site == "site-a"  # named by its entries
+    assert report.verdict == "unverified" and report.sites[0].site == "site-a"  # named by its entries
     (tmp_path / "ledger.pub").unlink()
     (tmp_path / "elsewhere.pem").write_text(public_key_pem(key))
     assert audit_path(ledger, public_keys={"whatever": tmp_path / "elsewhere.pem"}).verdict == "pass"
+    write_manifest(tmp_path / "keys.json", {"site-a": key.public_key()})
+    assert audit_path(ledger, manifest=tmp_path / "keys.json").verdict == "pass"
 
 
 @pytest.mark.parametrize(
@@ -328,13 +391,17 @@ def test_key_for_a_site_without_a_ledger_raises(tmp_path: Path) -> None:
 def test_render_shows_verdicts_numbers_reasons_and_statement(tmp_path: Path) -> None:
     run, _ = make_run(tmp_path)
     console = Console(record=True, width=200)
-    render_audit(audit_path(run), console)
+    render_audit(audit_path(run, manifest=tmp_path / "consortium-keys.json"), console)
     text = console.export_text()
     assert "PASS  site-a" in text and "FAIL  site-b" in text
     assert "recomputed" in text and "(PLD)" in text and "Sample-level (epsilon=" in text
     assert "entry_hash does not match" in text
-    assert "compare its fingerprint" in text
+    assert "head: entry 1, entry_hash" in text and "consortium's key manifest" in text
     assert "FAIL: 1 of 2 site ledgers pass" in text
+    console = Console(record=True, width=200)
+    render_audit(audit_path(run), console)
+    text = console.export_text()
+    assert "UNVERIFIED  site-a" in text and "found beside the ledger" in text
 
 
 # ---------------------------------------------------------------- the command
@@ -370,6 +437,8 @@ SITE_KEYS = {
     "history",
     "statement",
     "public_key_fingerprint",
+    "key_source",
+    "head",
 }
 
 
@@ -378,6 +447,8 @@ def test_cli_json_shape_and_exit_0(tmp_path: Path, cli: Any) -> None:
     (tmp_path / "b.pem").write_text(public_key_pem(keys["site-b"]))
     ledger_a = run / "ledgers" / "site-a.jsonl"
     code, out, _ = cli(str(ledger_a), "--json")
+    assert code == 1 and json.loads(out)["verdict"] == "unverified"  # only the key beside it
+    code, out, _ = cli(str(ledger_a), "--json", "--manifest", str(tmp_path / "consortium-keys.json"))
     assert code == 0
     report = json.loads(out)
     assert set(report) == {"verdict", "sites"} and report["verdict"] == "pass"
@@ -389,7 +460,7 @@ def test_cli_json_shape_and_exit_0(tmp_path: Path, cli: Any) -> None:
 
 def test_cli_exit_1_when_a_site_fails(tmp_path: Path, cli: Any) -> None:
     run, _ = make_run(tmp_path)
-    code, out, _ = cli(str(run), "--json")
+    code, out, _ = cli(str(run), "--json", "--manifest", str(tmp_path / "consortium-keys.json"))
     assert code == 1
     assert [s["verdict"] for s in json.loads(out)["sites"]] == ["pass", "fail"]
     code, out, _ = cli(str(run))
