@@ -16,11 +16,12 @@ from fedmed.secure.approval import code_digest
 def print_code_digest(
     app: Annotated[
         Path | None,
-        typer.Option(help="The Flower app to hash (pyproject.toml, server/, client/); default: the source checkout's."),
+        typer.Option(help="The Flower app's source (pyproject.toml, server/, client/), hashed as the bundle "
+                    "`flwr run` ships; default: the source checkout's."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the digest as JSON.")] = False,
 ) -> None:
-    """Print the digest of the installed fedmed and the Flower app, as a site computes it each round."""
+    """Print the digest of the installed fedmed and the Flower app's bundle, as a site checks it for every message."""
     app_dir = (app or project_root()).resolve()
     digest = code_digest(app_dir)
     package_dir = Path(fedmed.__file__).resolve().parent

@@ -15,7 +15,7 @@ from fedmed.deploy.provision import DEFAULT_PORT, Consortium, provision
 from fedmed.deploy.run import run_on_consortium
 from fedmed.deploy.superlink import SuperLink
 from fedmed.deploy.supernode import SiteFolder, SuperNode, what_leaves
-from fedmed.errors import DataError
+from fedmed.errors import ConfigError, DataError
 
 console = Console(highlight=False, soft_wrap=True)
 server_app = typer.Typer(no_args_is_help=True, help="The consortium's SuperLink (run by the coordinator).")
@@ -69,6 +69,11 @@ def start_node(
     """Check the data, say what will leave the site, then join the consortium until Ctrl-C."""
     folder = SiteFolder.find(consortium_dir, site)
     terms = load_site_policy(policy)  # a bad policy fails here, not at the first round
+    if terms.unsafe_accept_reproducible:
+        raise ConfigError(
+            f"{policy}: unsafe_accept_reproducible is for simulations only (it lets a server that seeds the DP "
+            "noise remove it); a hospital's node refuses to start with it: remove the key"
+        )
     report = check_folder(data)
     render_report(report, console)
     if not report.summary()["readable"]:

@@ -9,11 +9,14 @@ server.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedmed.config import SitePolicy
+from fedmed.deploy import clientapp
 from fedmed.deploy.provision import CONSORTIUM_FILE, Consortium
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import Key
@@ -31,13 +34,14 @@ def what_leaves(policy: SitePolicy) -> str:
     return f"""\
 What leaves this site, and nothing else:
   - each round's model update, masked by secure aggregation: the server can decode only the
-    sum over at least a majority of the round's sites (a site whose policy requires it
-    refuses a run without secure aggregation);
-  - each round's privacy ledger entry (noise, sampling rate, steps, epsilon, hashes), signed
-    with this site's key, and the site's public key;
-  - per-round metrics: example counts, training loss, epsilon and delta, test AUROC and
-    accuracy, a 100-bin histogram of test scores per class, the number of skipped files;
-{local_model}  - at the end of a run, for every model the server sends and for each sex, age band and
+    sum over at least {policy.min_secure_group} sites and above two thirds of the round's sites (a site
+    whose policy requires it refuses a run without secure aggregation);
+  - each round's privacy ledger entry (noise, sampling rate, steps, epsilon, a hash of the model
+    received, a keyed commitment to the update), signed with this site's key;
+  - per-round metrics: example counts, epsilon and delta, and, for a round this site trained in,
+    test AUROC, accuracy and loss, a score histogram per class coarsened to bins of at least
+    {policy.min_cell_size} patients, the number of skipped files (the training loss stays here);
+{local_model}  - once per run, for at most {policy.max_evaluation_models} models the server sends and for each sex, age band and
     scanner manufacturer: patient count, prevalence, AUROC with its interval, sensitivity,
     specificity and calibration error, only for groups of at least {policy.min_cell_size} patients
     (min_cell_size); smaller groups are sent as "suppressed".
@@ -99,6 +103,7 @@ class SuperNode:
         self.site = site
         self.superlink = superlink or site.superlink_address()
         self.state_dir = state_dir
+        self.policy = Path(policy).resolve()
         self.home = state_dir / "flwr"
         self.log_path = log_path or state_dir / "supernode.log"
         self.command = [
@@ -129,6 +134,7 @@ class SuperNode:
                 certificate it does not trust), with the reason.
         """
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._environment = self._guarded_environment()
         give_up = time.monotonic() + retry_for
         while True:
             reason = self._try_start(settle)
@@ -140,7 +146,7 @@ class SuperNode:
 
     def _try_start(self, settle: float) -> str | None:
         node = self._node = LoggedProcess(
-            self.command, env=flower_environment(self.home), cwd=self.state_dir, log_path=self.log_path,
+            self.command, env=self._environment, cwd=self.state_dir, log_path=self.log_path,
         )
         deadline = time.monotonic() + settle
         while time.monotonic() < deadline and node.running:
@@ -149,6 +155,25 @@ class SuperNode:
             return None
         self.stop()
         return connection_failure(self.log_path, offset=node.log_offset)
+
+    def _guarded_environment(self) -> dict[str, str]:
+        """Flower's environment with fedmed's guard first on PATH as ``flwr-clientapp``.
+
+        Flower's SuperExec starts every ClientApp by that name; the guard checks the
+        bundle against the hospital's approved_code before any of it is installed.
+        """
+        bin_dir = self.home / "bin"
+        bin_dir.mkdir(mode=0o700, exist_ok=True)
+        guard = bin_dir / clientapp.COMMAND
+        guard.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fedmed.deploy.clientapp "$@"\n', encoding="utf-8")
+        guard.chmod(0o700)
+        env = flower_environment(self.home)
+        env.update({
+            "PATH": os.pathsep.join([str(bin_dir), env["PATH"]]),
+            clientapp.POLICY_ENV: str(self.policy),
+            clientapp.SITE_ENV: self.site.site,
+        })
+        return env
 
     @property
     def running(self) -> bool:

@@ -77,13 +77,14 @@ def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> 
     return env
 
 
-def stage_app(destination: Path) -> Path:
+def stage_app(destination: Path, *, root: Path | None = None) -> Path:
     """Copy only the Flower app (pyproject, server/, client/) into ``destination``.
 
     Bundling the checkout itself would walk a virtualenv's tens of thousands of files
-    on every run, and a bundled fedmed/ would shadow the installed one.
+    on every run, and a bundled fedmed/ would shadow the installed one. ``root``: the
+    app's source folder (default: this checkout).
     """
-    root = project_root()
+    root = project_root() if root is None else Path(root)
     shutil.rmtree(destination, ignore_errors=True)  # a previous run's copy
     destination.mkdir(parents=True)
     for name in APP_FILES:

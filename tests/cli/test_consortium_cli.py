@@ -43,3 +43,15 @@ def test_node_start_names_a_site_the_folder_lacks(
     code, out, err = fedmed("node", "start", "--site", "site-q", "--consortium", str(tmp_path / "c"), "--data", str(tmp_path),
          "--policy", str(tmp_path / "p.yaml"))
     assert code == 2 and "no keys for site 'site-q'" in err
+
+
+def test_node_start_refuses_a_policy_that_accepts_seeded_noise(
+    tmp_path: Path, fedmed: Callable[..., tuple[int, str, str]]
+) -> None:
+    fedmed("provision", str(tmp_path / "c"), "--sites", "site-a", "--server-host", "127.0.0.1")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"max_epsilon": 8, "delta": 1e-5, "max_grad_norm": 1, "min_noise_multiplier": 0.5,
+                                      "unsafe_accept_reproducible": True}))
+    code, out, err = fedmed("node", "start", "--site", "site-a", "--consortium", str(tmp_path / "c" / "sites" / "site-a"),
+         "--data", str(tmp_path), "--policy", str(policy))
+    assert code == 2 and "unsafe_accept_reproducible is for simulations only" in err and "Traceback" not in out + err

@@ -29,11 +29,12 @@ from fedmed.deploy.provision import provision
 from fedmed.deploy.run import run_on_consortium
 from fedmed.deploy.superlink import SuperLink
 from fedmed.deploy.supernode import SiteFolder, SuperNode
+from fedmed.federation import runtime
 from fedmed.federation.runtime import FlowerRuntimeError, RunStatus, _descendants, free_port
 from fedmed.report import PROGRESS_FILE
 from fedmed.secure.approval import code_digest
 
-SITES = ["site-a", "site-b", "site-c", "site-d"]
+SITES = ["site-a", "site-b", "site-c", "site-d", "site-e"]
 
 
 def write_policy(path: Path, *, approved: str) -> Path:
@@ -172,8 +173,12 @@ def test_a_node_without_the_consortium_ca_cannot_connect(world: World, tmp_path:
 
 
 def test_a_killed_node_and_an_unapproved_app_leave_the_rest_to_finish(world: World, first_run: dict) -> None:
-    """site-c dies after its first training round; site-d never approved this code."""
-    world.nodes["site-d"] = world.stack.enter_context(world.node("site-d", policy=world.refusing))
+    """site-c dies after its first training round; site-e never approved this code.
+
+    Four sites train, so that one may drop: secure aggregation needs t > 2n/3 of them.
+    """
+    world.nodes["site-d"] = world.stack.enter_context(world.node("site-d"))
+    world.nodes["site-e"] = world.stack.enter_context(world.node("site-e", policy=world.refusing))
     progress = world.root / "run-2" / PROGRESS_FILE
 
     def kill_site_c_after_round_one(event: dict) -> None:
@@ -185,7 +190,30 @@ def test_a_killed_node_and_an_unapproved_app_leave_the_rest_to_finish(world: Wor
     assert results["status"] == "completed", results["status_reason"]
     first, second = results["rounds"]
     assert "site-c" in first["sites"] and "site-c" not in second["sites"]
-    assert first["secure_aggregation"]["sites"] == ["site-a", "site-b"]  # recovered without site-c
-    assert second["secure_aggregation"]["sites"] == ["site-a", "site-b"]
+    assert first["secure_aggregation"]["sites"] == ["site-a", "site-b", "site-d"]  # recovered without site-c
+    assert second["secure_aggregation"]["sites"] == ["site-a", "site-b", "site-d"]
     refusals = [f["reason"] for f in first["failures"] if f["stage"] == "train"]
-    assert len(refusals) == 1 and "site site-d refuses to run: the hospital has not approved this code" in refusals[0]
+    assert len(refusals) == 1 and "site site-e refuses to run: the hospital has not approved this code" in refusals[0]
+
+
+def test_a_bundle_the_hospitals_did_not_review_never_runs_at_a_site(
+    world: World, first_run: dict, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The coordinator ships a changed ClientApp: every site's guard refuses it before importing it."""
+    marker = world.root / "the-bundle-ran-at-a-site"
+    real_stage_app = runtime.stage_app
+
+    def tampered(destination: Path) -> Path:
+        app = real_stage_app(destination)
+        client = app / "client" / "app.py"
+        client.write_text(f"open({str(marker)!r}, 'w').close()\n" + client.read_text(encoding="utf-8"), encoding="utf-8")
+        return app
+
+    monkeypatch.setattr(runtime, "stage_app", tampered)
+    sites = ["site-a", "site-b", "site-d"]
+    status, results = world.run("run-tampered", sites)
+    assert results["status"] == "stopped" and "only 0 site(s) completed train" in results["status_reason"]
+    reasons = [f["reason"] for f in results["rounds"][0]["failures"]]
+    assert len(reasons) == 4  # every connected node (site-e approves nothing anyway)
+    assert all("the hospital has not approved this code" in r for r in reasons)
+    assert not marker.exists()

@@ -11,7 +11,7 @@ from fedmed.config import AccountantName, PrivacyConfig, SitePolicy
 from fedmed.errors import PrivacyError
 from fedmed.models import available_models
 from fedmed.privacy.plan import PrivacyPlan
-from fedmed.privacy.terms import check_noise, check_terms
+from fedmed.privacy.terms import check_noise, check_randomness, check_terms
 
 SITE = "site-a"
 REFUSES = re.escape(f"site {SITE} refuses the server's terms: ")
@@ -195,3 +195,21 @@ def test_check_noise_refuses_noise_below_the_minimum(noise: float, shown: str) -
         + re.escape(f"the run's target epsilon needs noise multiplier {shown}, below the policy's 0.5"),
     ):
         check_noise(POLICY, plan(noise), site=SITE)
+
+
+@pytest.mark.parametrize(
+    ("simulated", "accepts", "refusal"),
+    [(False, True, "a real site never accepts it"), (True, False, "only when its policy sets unsafe_accept_reproducible")],
+    ids=["hospital", "simulated-without-consent"],
+)
+def test_seeded_randomness_is_refused_unless_a_simulated_policy_accepts_it(
+    simulated: bool, accepts: bool, refusal: str
+) -> None:
+    policy = make_policy(unsafe_accept_reproducible=accepts)
+    with pytest.raises(PrivacyError, match=refusal):
+        check_randomness(policy, site="site-a", unsafe_reproducible=True, simulated=simulated)
+    check_randomness(policy, site="site-a", unsafe_reproducible=False, simulated=simulated)
+
+
+def test_a_simulated_site_whose_policy_accepts_seeded_randomness_trains() -> None:
+    check_randomness(make_policy(unsafe_accept_reproducible=True), site="site-a", unsafe_reproducible=True, simulated=True)

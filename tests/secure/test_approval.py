@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import shutil
 import sys
 import types
+import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,8 +40,9 @@ from fedmed.federation.loopback import LoopbackGrid
 from fedmed.federation.messages import Key, RoundPlan
 from fedmed.federation.runtime import project_root, stage_app
 from fedmed.federation.server import run_federation
+from fedmed.federation.simulation import prepare_site_keys
 from fedmed.models import create_model, float_state
-from fedmed.secure.approval import check_code_approval, code_digest, running_app_dir
+from fedmed.secure.approval import check_code_approval, code_digest, fab_digest, running_app_dir
 
 PACKAGE = Path(fedmed.__file__).resolve().parent
 OTHER = "sha256:" + "0" * 64
@@ -68,31 +72,77 @@ def test_the_digest_does_not_depend_on_where_the_code_lies(code: tuple[Path, Pat
     assert code_digest(app, package_dir=package) == code_digest(project_root(), package_dir=PACKAGE)
 
 
-def test_the_running_app_is_the_one_whose_client_package_was_imported(
-    code: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+def install(fab: bytes, folder: Path) -> Path:
+    """A FAB installed as Flower installs it: every file but its .info/ hash list."""
+    with zipfile.ZipFile(io.BytesIO(fab)) as archive:
+        archive.extractall(folder)
+    shutil.rmtree(folder / ".info")
+    return folder
+
+
+def with_file(fab: bytes, name: str, data: bytes) -> bytes:
+    """``fab`` with ``name`` added or replaced: what a coordinator could ship without ``flwr build``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(fab)) as source, zipfile.ZipFile(buffer, "w") as archive:
+        for info in source.infolist():
+            if info.filename != name:
+                archive.writestr(info, source.read(info))
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def quiet_build() -> Iterator[None]:
+    """Flower's builder warns through pathspec."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+@pytest.fixture(scope="module")
+def fab(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bundle ``flwr run`` builds from this checkout."""
+    with quiet_build():
+        return build_fab_from_disk(stage_app(tmp_path_factory.mktemp("staged") / "app"))
+
+
+def test_the_running_app_is_the_installed_bundle_its_client_was_imported_from(
+    fab: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, app = code
-    (app / "client" / "app.py").write_text("# the installed bundle\n", encoding="utf-8")
+    installed = install(fab, tmp_path / "installed")
     fake = types.ModuleType("client.app")
-    fake.__file__ = str(app / "client" / "app.py")
+    fake.__file__ = str(installed / "client" / "app.py")
     monkeypatch.setitem(sys.modules, "client.app", fake)
-    assert running_app_dir() == app.resolve()
-    assert code_digest() == code_digest(app)
+    assert running_app_dir() == installed.resolve()
+    assert code_digest() == fab_digest(fab) == code_digest(project_root())
+    (installed / "client" / "__pycache__").mkdir()
+    (installed / "client" / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")  # Python's own
+    assert code_digest() == fab_digest(fab)
+    (installed / "numpy.py").write_text("print('shadowing numpy')\n")
+    assert code_digest() != fab_digest(fab)
     monkeypatch.delitem(sys.modules, "client.app")
-    assert running_app_dir() == project_root()  # no ClientApp loaded: the source checkout
+    assert running_app_dir() is None  # no ClientApp loaded: the source checkout
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:pathspec")
-def test_the_bundle_flwr_run_ships_has_the_digest_of_the_source(code: tuple[Path, Path], tmp_path: Path) -> None:
+def test_the_bundle_flwr_run_ships_has_the_digest_of_the_source(code: tuple[Path, Path]) -> None:
     """``flwr run`` rewrites pyproject.toml into the bundle; the site must still match the review."""
     _, app = code
     with open(app / "pyproject.toml", "a", encoding="utf-8") as pyproject:
-        pyproject.write('\n[tool.flwr.federations]\ndefault = "local"\n')  # dropped from the bundle
-    with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app))) as fab:
-        fab.extractall(tmp_path / "installed")
-    installed = (tmp_path / "installed" / "pyproject.toml").read_text(encoding="utf-8")
-    assert installed != (app / "pyproject.toml").read_text(encoding="utf-8")  # the bytes differ
-    assert code_digest(tmp_path / "installed") == code_digest(app) == code_digest(project_root())
+        pyproject.write('\n[tool.flwr.federations]\ndefault = "local"\n# a comment\n')  # dropped from the bundle
+    with quiet_build():
+        shipped = build_fab_from_disk(app)
+    assert fab_digest(shipped) == code_digest(app) == code_digest(project_root())
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("numpy.py", b"import os\n"), ("torch.cpython-311-x86_64-linux-gnu.so", b"\x7fELF"),
+     ("client/__pycache__/app.cpython-311.pyc", b"\0" * 16), ("notes.txt", b"hi")],
+    ids=["module-named-like-a-dependency", "compiled-extension", "stale-bytecode", "any-other-file"],
+)
+def test_every_file_of_a_shipped_bundle_counts(fab: bytes, name: str, data: bytes) -> None:
+    """The review's finding: the digest left out other top-level modules of the bundle."""
+    assert fab_digest(with_file(fab, name, data)) != fab_digest(fab)
 
 
 def append(path: Path, text: str = "\n# edited\n") -> None:
@@ -117,6 +167,7 @@ UNCHANGED = {
     "bytecode": lambda package, app: (package / "__pycache__").mkdir(exist_ok=True)
     or (package / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0"),
     "non-python-file": lambda package, app: (package / "notes.txt").write_text("hi\n"),
+    "unbundled-source-file": lambda package, app: (app / "numpy.py").write_text("x = 1\n"),  # flwr run ships no such file
     "pyproject-comment": lambda package, app: append(app / "pyproject.toml", "\n# a comment\n"),
     "pyproject-federations": lambda package, app: append(
         app / "pyproject.toml", '\n[tool.flwr.federations]\ndefault = "local"\n'
@@ -272,7 +323,7 @@ def federate(folder: Path, hospitals: Path, approved: list[str]) -> dict:
     }
     path = folder / "experiment.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    load_config(path)
+    prepare_site_keys(load_config(path))
     grid = LoopbackGrid(
         client_app, {10: {Key.PARTITION_ID: 0}, 11: {Key.PARTITION_ID: 1}},
         run_config={Key.CONFIG_PATH: str(path), Key.OUT_DIR: str(folder / "out")},
@@ -299,3 +350,36 @@ def test_simulated_sites_train_the_code_their_policy_lists(hospitals: Path, tmp_
     assert results["status"] == "completed"
     assert results["rounds"][0]["failures"] == []
     assert sorted(results["sites"]) == ["site-a", "site-b"]
+
+
+# ------------------------------------------------------------------- before any bundle code runs
+
+
+def test_the_guard_refuses_an_unapproved_bundle_before_installing_it(fab: bytes, tmp_path: Path) -> None:
+    """fedmed.deploy.clientapp: the hospital's flwr-clientapp checks the FAB it received."""
+    from fedmed.deploy.clientapp import approving
+
+    marker = tmp_path / "imported"
+    tampered = with_file(fab, "client/app.py", f"open({str(marker)!r}, 'w')\n".encode())
+    installed: list[bytes] = []
+    guarded = approving(lambda fab_file, **_: installed.append(fab_file), policy_path=write_policy(tmp_path, [
+        fab_digest(fab)]), site="site-a")
+    with pytest.raises(PrivacyError, match=r"site site-a refuses to run: the hospital has not approved this code"):
+        guarded(tampered, skip_prompt=True)
+    assert installed == [] and not marker.exists()
+    guarded(fab, skip_prompt=True)
+    assert installed == [fab]
+
+
+def test_every_message_type_checks_approval(tmp_path: Path) -> None:
+    """The review's finding: the secure-aggregation handler skipped the check."""
+    node_config = {
+        Key.SITE_ID: "site-a", Key.DATA_DIR: str(tmp_path / "no-data"), Key.STATE_DIR: str(tmp_path / "state"),
+        Key.POLICY_PATH: str(write_policy(tmp_path, [OTHER])),
+    }
+    context = Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 0, 1
+    for message_type in ("train", "train.secagg", "evaluate", "train.local_model", "evaluate.cross_site"):
+        reply = client_app(Message(RecordDict(), dst_node_id=1, message_type=message_type), context)
+        assert reply.has_error(), message_type
+        assert "the hospital has not approved this code" in reply.error.reason, message_type
