@@ -12,7 +12,7 @@ from fedmed.privacy.randomness import SecureRandomness, SeededRandomness, bootst
 
 
 def test_uniforms_are_open_interval_and_uniform() -> None:
-    values = SecureRandomness().uniform(200_000)
+    values = SecureRandomness().uniform(200_000).numpy()
     assert values.dtype == np.float64
     assert 0 < values.min() and values.max() < 1
     assert values.mean() == pytest.approx(0.5, abs=0.005)
@@ -31,6 +31,8 @@ def test_gaussian_noise_has_the_requested_spread_and_dtype() -> None:
 
 def test_odd_sizes_and_scalars() -> None:
     randomness = SecureRandomness()
+    assert randomness.uniform(0).shape == (0,)
+    assert randomness.poisson_mask(0, 0.5).shape == (0,)
     assert randomness.gaussian(torch.Size([7]), 1.0, dtype=torch.float64).shape == (7,)
     assert randomness.gaussian(torch.Size([]), 1.0, dtype=torch.float64).shape == ()
 
@@ -38,6 +40,11 @@ def test_odd_sizes_and_scalars() -> None:
 def test_poisson_mask_includes_each_record_at_the_rate() -> None:
     mask = SecureRandomness().poisson_mask(100_000, 0.125)
     assert mask.dtype == bool and mask.mean() == pytest.approx(0.125, abs=0.004)
+
+
+def test_each_draw_takes_a_fresh_key() -> None:
+    randomness = SecureRandomness()
+    assert randomness.random_bytes(64) != randomness.random_bytes(64)
 
 
 def test_two_draws_never_repeat_and_ignore_torchs_seed() -> None:
