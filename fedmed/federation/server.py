@@ -68,11 +68,6 @@ class SiteTrackingFedAvg(FedAvg):
         self._global: ArrayRecord | None = None
         self._trained_nodes: list[int] = []
 
-    @property
-    def node_sites(self) -> dict[int, str]:
-        """Which verified site each node has answered as: names the site behind a later refusal."""
-        return dict(self.registry.node_sites)
-
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._grid, self._global = grid, arrays  # secure aggregation talks to the sites again
         return super().configure_train(server_round, arrays, config, grid)

@@ -53,6 +53,7 @@ log = logging.getLogger("fedmed.site")
 EVALUATED = "fedmed-evaluated"
 """The ConfigRecord in a site's context listing what it has evaluated in this run."""
 
+
 def select_device(requested: DeviceName) -> torch.device:
     if requested is DeviceName.CUDA and not torch.cuda.is_available():
         raise ConfigError("training.device is cuda but this site has no CUDA device")
