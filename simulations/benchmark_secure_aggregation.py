@@ -388,7 +388,7 @@ class QuickstartRound:
 def quickstart_site_round() -> QuickstartRound:
     """One quickstart site's local training round, as fedmed.federation.site._train runs it."""
     from fedmed.config import load_config, load_site_policy
-    from fedmed.data import default_cache_dir, load_site_data
+    from fedmed.data import load_site_data
     from fedmed.federation.simulation import prepare_site_folders
     from fedmed.federation.site import select_device
     from fedmed.models import create_model
@@ -399,7 +399,7 @@ def quickstart_site_round() -> QuickstartRound:
     config = load_config(QUICKSTART_CONFIG)
     prepare_site_folders(config, announce=lambda text: console.print(f"[dim]{text}[/]"))
     training, site_dir = config.training, config.data.root / QUICKSTART_SITE
-    cache_dir = config.data.cache_dir or default_cache_dir()
+    cache_dir = config.data.cache_dir or config.state_root / QUICKSTART_SITE / "cache"
     policy = load_site_policy(config.simulation.policy_for(QUICKSTART_SITE))
     terms = config.privacy.model_copy(update={"delta": policy.delta, "accountant": policy.accountant})
     threads_before = torch.get_num_threads()

@@ -16,6 +16,7 @@ from fedmed.deploy.run import run_on_consortium
 from fedmed.deploy.superlink import SuperLink
 from fedmed.deploy.supernode import SiteFolder, SuperNode, what_leaves
 from fedmed.errors import ConfigError, DataError
+from fedmed.federation.runtime import interrupt_on_sigterm
 
 console = Console(highlight=False, soft_wrap=True)
 server_app = typer.Typer(no_args_is_help=True, help="The consortium's SuperLink (run by the coordinator).")
@@ -40,16 +41,31 @@ def provision_consortium(
 @server_app.command("start")
 def start_server(
     consortium_dir: Annotated[Path, typer.Argument(help="The folder `fedmed provision` made.")],
-    bind: Annotated[str, typer.Option("--bind", help="Address to listen on.")] = "0.0.0.0",
+    bind: Annotated[str, typer.Option(
+        "--bind", help="Address to listen on; default loopback only. For hospitals on other machines give the "
+        "address they reach (the Control API that `flwr run` uses shares the port and has no authentication).",
+    )] = "127.0.0.1",
 ) -> None:
-    """Run the SuperLink with TLS and SuperNode authentication until Ctrl-C."""
+    """Run the SuperLink with TLS and SuperNode authentication until Ctrl-C or SIGTERM."""
+    interrupt_on_sigterm()
     consortium = Consortium(consortium_dir)
     with SuperLink(consortium, bind=bind) as link:
         console.print(
             f"SuperLink listening on {bind}:{link.port} (TLS, SuperNode authentication) for sites "
             f"{', '.join(consortium.sites())}; log: {link.log_path}"
         )
-        console.print("telemetry, update checks and run-time dependency installation are off; Ctrl-C stops it")
+        if bind in ("127.0.0.1", "localhost", "::1"):
+            console.print(
+                "[yellow]loopback only:[/] hospitals on other machines cannot reach it; for a real consortium pass "
+                "--bind with the address they reach, and let only the hospitals and this machine reach the port"
+            )
+        else:
+            console.print(
+                f"[yellow]port {link.port} is open on {bind}:[/] the hospitals need it, and so does `flwr run`, whose "
+                "Control API shares the port and has no authentication: let only the hospitals' addresses and "
+                "this machine reach it (firewall)"
+            )
+        console.print("telemetry, update checks and run-time dependency installation are off; Ctrl-C or SIGTERM stops it")
         try:
             link.wait()
         except KeyboardInterrupt:
@@ -64,9 +80,12 @@ def start_node(
     policy: Annotated[Path, typer.Option("--policy", help="The hospital's privacy policy YAML.")],
     state: Annotated[Path | None, typer.Option("--state", help="Privacy books and ledger; default <site folder>/state.")] = None,
     cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-image cache.")] = None,
-    runtime_port: Annotated[int, typer.Option("--runtime-port", help="Local port for the node's ClientApps.")] = 9094,
+    runtime_port: Annotated[
+        int | None, typer.Option("--runtime-port", help="Local port for the node's ClientApps; default: any free one.")
+    ] = None,
 ) -> None:
-    """Check the data, say what will leave the site, then join the consortium until Ctrl-C."""
+    """Check the data, say what will leave the site, then join the consortium until Ctrl-C or SIGTERM."""
+    interrupt_on_sigterm()
     folder = SiteFolder.find(consortium_dir, site)
     terms = load_site_policy(policy)  # a bad policy fails here, not at the first round
     if terms.unsafe_accept_reproducible:
@@ -83,7 +102,10 @@ def start_node(
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     node = SuperNode(folder, data_dir=data, policy=policy, state_dir=state_dir, cache_dir=cache, runtime_port=runtime_port)
     node.start(retry_for=75.0)
-    console.print(f"site {site} joined the SuperLink at {node.superlink}; log: {node.log_path}; Ctrl-C stops it")
+    console.print(
+        f"site {site} joined the SuperLink at {node.superlink}; log: {node.log_path}, decisions: {node.decisions_log}; "
+        "Ctrl-C or SIGTERM stops it"
+    )
     try:
         node.wait()
     except KeyboardInterrupt:

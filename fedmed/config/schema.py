@@ -74,7 +74,7 @@ class DataConfig(Section):
     sites: Annotated[list[SiteId], Field(min_length=1)]
     image_size: ImageSize = 64
     cache_dir: Path | None = None
-    """Decoded-image cache; default: $XDG_CACHE_HOME/fedmed/images."""
+    """Decoded-image cache; default: each site's own state folder (``<state>/cache``, owner-only)."""
     synthesize: SynthesisConfig | None = None
     """When set and ``root`` is missing, demo hospitals are generated there."""
 

@@ -1,7 +1,7 @@
 """Site data: DICOM reading, a decoded-image cache, per-site datasets, folder checks and
 synthetic hospitals for tests and demos."""
 
-from fedmed.data.cache import PREPROCESSING_VERSION, ImageCache, default_cache_dir
+from fedmed.data.cache import PREPROCESSING_VERSION, ImageCache
 from fedmed.data.check import FileReport, FolderReport, check_folder, render_report
 from fedmed.data.dataset import (
     ImageSet,
@@ -33,7 +33,6 @@ __all__ = [
     "SkippedFile",
     "check_folder",
     "dataset_fingerprint",
-    "default_cache_dir",
     "load_site_data",
     "read_dicom_image",
     "read_dicom_metadata",

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedmed.data.dicom import DicomReadError, read_dicom_image
 
-__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key", "default_cache_dir"]
+__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key"]
 
 # Bump whenever read_dicom_image would return different pixels for the same file.
 PREPROCESSING_VERSION = 1
@@ -29,14 +29,12 @@ PREPROCESSING_VERSION = 1
 _CHUNK_BYTES = 1 << 20
 
 
-def default_cache_dir() -> Path:
-    """Where decoded images are cached unless configured: $XDG_CACHE_HOME/fedmed/images."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fedmed" / "images"
-
-
 class ImageCache:
-    """Decoded (size, size) float32 arrays under `root/<key[:2]>/<key>.npy`."""
+    """Decoded (size, size) float32 arrays under `root/<key[:2]>/<key>.npy`.
+
+    They are patient images: folders are created owner-only (0700) and files 0600. A site's
+    cache lives in its own state folder unless its node config names another.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -87,7 +85,8 @@ def _load_entry(entry: Path, size: int) -> np.ndarray | None:
 
 def _store_entry(entry: Path, image: np.ndarray) -> None:
     """Write atomically (temporary file, then os.replace) so readers never see half a file."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    entry.parent.mkdir(mode=0o700, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npy")
     try:
         with os.fdopen(handle, "wb") as stream:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmed.config import load_site_policy
+from fedmed.federation.runtime import die_with_parent
 from fedmed.secure.approval import check_code_approval, fab_digest
 
 POLICY_ENV = "FEDMED_SITE_POLICY"
@@ -54,6 +55,7 @@ def main() -> None:
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
     from flwr.supernode.runtime import run_clientapp
 
+    die_with_parent()  # and Flower's own watch on its parent, besides
     policy, site = os.environ.get(POLICY_ENV), os.environ.get(SITE_ENV)
     if not policy or not site:
         raise SystemExit(f"{COMMAND} (fedmed): {POLICY_ENV} and {SITE_ENV} must name the site's policy and id")

@@ -9,20 +9,25 @@ Layout of a consortium folder (private keys mode 0600, folders 0700)::
     sites/<site>/supernode-auth.pub  its public key, OpenSSH form, registered with the SuperLink
     sites/<site>/site-ed25519.pem    the site's identity: signs its ledger and secure-aggregation adverts
     sites/<site>/site-ed25519.pub, ca.crt, consortium.json, consortium-keys.json
-    consortium.json                  the SuperLink's address and every site's public keys
+    consortium.json                  the SuperLink's address, every site's public keys and every fingerprint
     consortium-keys.json             the secure-aggregation key manifest (site id -> Ed25519 key)
+    .gitignore                       "*": the folder holds private keys and is never committed
 
 Each ``sites/<site>`` folder is what is handed to that hospital, and nothing in it is
 another party's secret. Running provision again adds missing sites and keeps every
-existing key and certificate; it never replaces one silently.
+existing key and certificate; it never replaces one silently. Every key's fingerprint
+(:func:`fingerprint`, the form ``fedmed audit`` prints) is announced and kept in
+consortium.json, for the parties to compare out of band.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import json
 import shutil
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedmed.errors import ConfigError
 from fedmed.secure.keys import (
     generate_signing_key,
+    key_fingerprint,
     load_public_key_file,
     private_pem,
     public_key_path,
@@ -50,9 +56,15 @@ _SITE_NAME = "abcdefghijklmnopqrstuvwxyz0123456789-_"
 
 @dataclass(frozen=True)
 class Consortium:
-    """Where everything lives in a consortium folder."""
+    """Where everything lives in a consortium folder (an absolute path, whatever was given).
+
+    The SuperLink runs in a folder of its own: a relative path would name another file there.
+    """
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
 
     @property
     def ca_key(self) -> Path:
@@ -138,6 +150,7 @@ def provision(
     if not names:
         raise ConfigError("name at least one site: --sites a,b,c")
     consortium.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _keep_out_of_git(consortium.root, announce)
     ca_key, ca_cert = _certificate_authority(consortium, announce)
     _superlink_certificate(consortium, ca_key, ca_cert, server_host, announce)
     known = consortium.read()["sites"] if consortium.description.exists() else {}
@@ -146,10 +159,17 @@ def provision(
     identity = {s: load_public_key_file(public_key_path(consortium.signing_key(s))) for s in sorted(set(names) | set(known))}
     description = {
         "superlink": {"host": server_host, "port": port},
+        "fingerprints": {
+            "ca_certificate": fingerprint(x509.load_pem_x509_certificate(consortium.ca_cert.read_bytes())),
+            "superlink_certificate": fingerprint(x509.load_pem_x509_certificate(consortium.server_cert.read_bytes())),
+        },
         "sites": {
             site: {
                 "supernode_auth_key": consortium.supernode_public_key(site).read_text(encoding="ascii").strip(),
                 "identity_key": public_key_path(consortium.signing_key(site)).read_text(encoding="ascii"),
+                "identity_fingerprint": key_fingerprint(identity[site]),
+                "supernode_auth_fingerprint": fingerprint(serialization.load_ssh_public_key(
+                    consortium.supernode_public_key(site).read_bytes())),
             }
             for site in identity
         },
@@ -159,7 +179,43 @@ def provision(
     for folder in [consortium.server, *(consortium.site(s) for s in identity)]:
         for public in (consortium.ca_cert, consortium.description, consortium.manifest):
             shutil.copyfile(public, folder / public.name)
+    prints = description["fingerprints"]
+    announce(f"fingerprints (compare them out of band): CA certificate {prints['ca_certificate']}, "
+             f"SuperLink certificate {prints['superlink_certificate']}")
+    for site, keys in description["sites"].items():
+        announce(f"  {site}: identity key {keys['identity_fingerprint']}, "
+                 f"SuperNode key {keys['supernode_auth_fingerprint']}")
     return consortium
+
+
+def fingerprint(item: object) -> str:
+    """First 16 hex digits of SHA-256: over the DER of a certificate, or of a public key's
+    SubjectPublicKeyInfo. Ed25519 identity keys use :func:`fedmed.secure.keys.key_fingerprint`
+    (over the raw key), the form ``fedmed audit`` prints; both are 16 hex digits."""
+    if isinstance(item, x509.Certificate):
+        der = item.public_bytes(serialization.Encoding.DER)
+    else:
+        der = item.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def _keep_out_of_git(root: Path, announce: Callable[[str], None]) -> None:
+    """A consortium folder holds private keys: ignore it in git, and say so inside a work tree."""
+    ignore = root / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# private keys live here: never commit this folder\n*\n", encoding="utf-8")
+    try:
+        inside = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if inside.returncode == 0:
+        announce(
+            f"warning: {root} is inside the git work tree {inside.stdout.strip()}; it holds private keys (the CA's "
+            "among them). Its .gitignore keeps it out of `git add -A`, but keep it outside any repository, and "
+            "move ca/ca.key offline once the consortium is provisioned"
+        )
 
 
 def _certificate_authority(consortium: Consortium, announce: Callable[[str], None]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

@@ -15,7 +15,7 @@ from typing import Any
 from fedmed.config import ExperimentConfig
 from fedmed.deploy.provision import Consortium
 from fedmed.errors import ConfigError
-from fedmed.federation.messages import Key
+from fedmed.federation.messages import DEPLOYMENT, Key
 from fedmed.federation.runtime import FlowerConnection, RunStatus, flower_environment
 from fedmed.federation.simulation import ProgressFollower
 from fedmed.report import PROGRESS_FILE, clear_run_folder, read_results
@@ -47,6 +47,7 @@ def run_on_consortium(
                 Key.CONFIG_PATH: str(config_path.resolve()),
                 Key.OUT_DIR: str(out_dir.resolve()),
                 Key.MANIFEST_PATH: str(consortium.manifest.resolve()),
+                Key.RUN_KIND: DEPLOYMENT,
             },
             log_path=out_dir / "flower.log",
             poll=ProgressFollower(out_dir / PROGRESS_FILE, on_event),

@@ -10,9 +10,11 @@ belongs behind a firewall that admits the hospitals and the coordinator only.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 
 from fedmed.deploy.provision import Consortium
+from fedmed.deploy.wrappers import write_wrappers
 from fedmed.federation.runtime import (
     FlowerConnection,
     FlowerRuntimeError,
@@ -32,7 +34,7 @@ class SuperLink:
     restart keeps the hospitals' registrations and running nodes reconnect by themselves.
     """
 
-    def __init__(self, consortium: Consortium, *, bind: str = "0.0.0.0", port: int | None = None) -> None:
+    def __init__(self, consortium: Consortium, *, bind: str = "127.0.0.1", port: int | None = None) -> None:
         self.consortium = consortium
         self.bind = bind
         self.port = port or int(consortium.read()["superlink"]["port"])
@@ -64,6 +66,8 @@ class SuperLink:
             FlowerRuntimeError: the SuperLink did not start, or a key was refused.
         """
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        bin_dir = write_wrappers(self.home / "bin", guard_clientapps=False)  # its SuperExec dies with it
+        self.env["PATH"] = os.pathsep.join([str(bin_dir), self.env["PATH"]])
         c = self.consortium
         self._link = LoggedProcess(
             [

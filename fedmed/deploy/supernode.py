@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +18,11 @@ from pathlib import Path
 from fedmed.config import SitePolicy
 from fedmed.deploy import clientapp
 from fedmed.deploy.provision import CONSORTIUM_FILE, Consortium
+from fedmed.deploy.wrappers import write_wrappers
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import Key
-from fedmed.federation.runtime import FlowerRuntimeError, LoggedProcess, flower_bin, flower_environment
+from fedmed.federation.node import DECISIONS_LOG
+from fedmed.federation.runtime import FlowerRuntimeError, LoggedProcess, flower_bin, flower_environment, free_port
 from fedmed.secure.manifest import MANIFEST_FILE
 
 
@@ -97,21 +99,25 @@ class SuperNode:
     """flower-supernode for one site; a context manager that stops it and its ClientApps."""
 
     def __init__(
-        self, site: SiteFolder, *, data_dir: Path, policy: Path, state_dir: Path, runtime_port: int,
+        self, site: SiteFolder, *, data_dir: Path, policy: Path, state_dir: Path, runtime_port: int | None = None,
         cache_dir: Path | None = None, superlink: str | None = None, log_path: Path | None = None,
     ) -> None:
         self.site = site
         self.superlink = superlink or site.superlink_address()
+        state_dir = Path(state_dir).expanduser().resolve()  # Flower runs there: relative paths would move
         self.state_dir = state_dir
+        self.runtime_port = runtime_port
         self.policy = Path(policy).resolve()
         self.home = state_dir / "flwr"
         self.log_path = log_path or state_dir / "supernode.log"
+        self.decisions_log = state_dir / DECISIONS_LOG
+        """What the site decided, message by message (written by its ClientApps)."""
         self.command = [
             flower_bin("flower-supernode"),
             "--superlink", self.superlink,
             "--root-certificates", str(site.folder / "ca.crt"),
             "--auth-supernode-private-key", str(site.folder / "supernode-auth.key"),
-            "--port", str(runtime_port),
+            "--port", str(runtime_port or 0),  # the port is chosen at start when none is given
             "--node-config", node_config(site, data_dir=data_dir, policy=policy, state_dir=state_dir, cache_dir=cache_dir),
         ]
         self._node: LoggedProcess | None = None
@@ -135,6 +141,7 @@ class SuperNode:
         """
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._environment = self._guarded_environment()
+        self.command[self.command.index("--port") + 1] = str(self._runtime_port())
         give_up = time.monotonic() + retry_for
         while True:
             reason = self._try_start(settle)
@@ -156,17 +163,32 @@ class SuperNode:
         self.stop()
         return connection_failure(self.log_path, offset=node.log_offset)
 
-    def _guarded_environment(self) -> dict[str, str]:
-        """Flower's environment with fedmed's guard first on PATH as ``flwr-clientapp``.
+    def _runtime_port(self) -> int:
+        """The local port for the node's ClientApps: the one asked for, if free, else any free one.
 
-        Flower's SuperExec starts every ClientApp by that name; the guard checks the
-        bundle against the hospital's approved_code before any of it is installed.
+        Raises:
+            FlowerRuntimeError: the port asked for is taken (another node on this machine?).
         """
-        bin_dir = self.home / "bin"
-        bin_dir.mkdir(mode=0o700, exist_ok=True)
-        guard = bin_dir / clientapp.COMMAND
-        guard.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fedmed.deploy.clientapp "$@"\n', encoding="utf-8")
-        guard.chmod(0o700)
+        if self.runtime_port is None:
+            return free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", self.runtime_port))
+            except OSError:
+                raise FlowerRuntimeError(
+                    f"site {self.site.site}: local port {self.runtime_port} (--runtime-port) is already in use, "
+                    "perhaps by another node on this machine; choose another port or leave --runtime-port out "
+                    "to take a free one"
+                ) from None
+        return self.runtime_port
+
+    def _guarded_environment(self) -> dict[str, str]:
+        """Flower's environment with fedmed's wrappers first on PATH (fedmed.deploy.wrappers).
+
+        Flower's SuperExec starts every ClientApp as ``flwr-clientapp``: the guard checks
+        the bundle against the hospital's approved_code before any of it is installed.
+        """
+        bin_dir = write_wrappers(self.home / "bin", guard_clientapps=True)
         env = flower_environment(self.home)
         env.update({
             "PATH": os.pathsep.join([str(bin_dir), env["PATH"]]),
@@ -209,5 +231,7 @@ def connection_failure(log_path: Path, *, offset: int = 0) -> str:
         return f"the SuperLink {REFUSED_KEY}: it is not registered (or the node was restarted within a minute)"
     if "2001" in text:
         return "the SuperLink requires SuperNode authentication and this node has no key"
+    if "address already in use" in text.lower():
+        return "a local port it needs is already in use (another node on this machine?); see " + str(log_path)
     lines = [line for line in text.splitlines() if line.strip()]
     return " / ".join(lines[-3:]) or "no output"

@@ -21,9 +21,10 @@ import yaml
 from torch.utils.data import ConcatDataset
 
 from fedmed.config import ExperimentConfig
-from fedmed.data import default_cache_dir, load_site_data
+from fedmed.data import load_site_data
 from fedmed.federation.cross_site import save_baseline
 from fedmed.federation.messages import POOLED_MODEL, Key, without_model_id
+from fedmed.federation.node import CACHE_DIR
 from fedmed.federation.runtime import SimulationEngine
 from fedmed.federation.site import select_device
 from fedmed.models import create_model, float_state
@@ -66,9 +67,11 @@ def train_baselines(
 def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
     """DP-SGD on every site's training set at once, with the run's terms and epochs."""
     training = config.training
-    cache = config.data.cache_dir or default_cache_dir()
     sets = [
-        load_site_data(config.data.root / site, image_size=config.data.image_size, cache_dir=cache).train
+        load_site_data(
+            config.data.root / site, image_size=config.data.image_size,
+            cache_dir=config.data.cache_dir or config.state_root / site / CACHE_DIR,
+        ).train
         for site in config.data.sites
     ]
     dataset = ConcatDataset([s.as_torch_dataset() for s in sets])

@@ -63,6 +63,8 @@ class Key(StrEnum):
     CONFIG_PATH = "config-path"
     OUT_DIR = "out-dir"
     BASELINES_DIR = "baselines-dir"
+    RUN_KIND = "run-kind"
+    """``simulation`` (fedmed simulate) or ``deployment`` (fedmed run)."""
     # node config: `partition-id` in simulation; at a hospital `site-id`, `data-dir`,
     # `state-dir`, `policy-path`, `manifest-path` and optionally `cache-dir`, `signing-key`
     PARTITION_ID = "partition-id"
@@ -74,6 +76,8 @@ class Key(StrEnum):
     MANIFEST_PATH = "manifest-path"
 
 
+SIMULATION, DEPLOYMENT = "simulation", "deployment"
+"""The two kinds of run: one machine playing every hospital, or a real consortium."""
 LOCAL_MODEL_ACTION = "local_model"
 """``train.local_model``: a site trains a model on its data alone, for cross-site evaluation."""
 CROSS_SITE_ACTION = "cross_site"

@@ -8,7 +8,8 @@ a fraction of the time. The site's training and evaluation live in ``site.py``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from fedmed.secure.secagg import Manifest
 log = logging.getLogger("fedmed.site")
 
 SIGNING_KEY_FILE = "keys/site-ed25519.pem"
+CACHE_DIR = "cache"
+DECISIONS_LOG = "node.log"
+"""In the site's state folder: every decision the node made (approval, terms, budget, what it sent)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,11 @@ class Site:
     manifest_path: Path | None = None
     """The consortium's key manifest: peers' identity keys for secure aggregation."""
     simulated: bool = False
+
+    @property
+    def image_cache(self) -> Path:
+        """Decoded images: patient data, so in the site's own state folder unless configured."""
+        return self.cache_dir or self.state_dir / CACHE_DIR
 
 
 def resolve_site(context: Context) -> Site:
@@ -96,21 +105,27 @@ def reply_or_refuse(
     anything, and the reply carries the site's signed identity (fedmed.federation.identity),
     since the server must not take a site's name from what a message says.
     """
-    site = None
     try:
         site = resolve_site(context)
-        _check_approved(site)
-        reply = handler(msg, context, site)
-        reply.content[Key.IDENTITY] = identity_record(
-            signing_key(site), site=site.site_id, run=msg.metadata.run_id, node=context.node_id,
-            request=msg.metadata.message_id,
-        )
-        return reply
     except FedmedError as error:
-        name = site.site_id if site else "unknown site"
-        reason = str(error) if site and site.site_id in str(error) else f"site {name}: {error}"
-        log.error("refusing: %s", reason)
-        return Message(Error(code=ErrorCode.SITE_REFUSED, reason=reason), reply_to=msg)
+        return _refuse(msg, f"unknown site: {error}")
+    with _decisions_logged_to(site.state_dir / DECISIONS_LOG):
+        try:
+            log.info("site %s: %s message for run %s", site.site_id, msg.metadata.message_type, msg.metadata.run_id)
+            _check_approved(site)
+            reply = handler(msg, context, site)
+            reply.content[Key.IDENTITY] = identity_record(
+                signing_key(site), site=site.site_id, run=msg.metadata.run_id, node=context.node_id,
+                request=msg.metadata.message_id,
+            )
+            return reply
+        except FedmedError as error:
+            return _refuse(msg, str(error) if site.site_id in str(error) else f"site {site.site_id}: {error}")
+
+
+def _refuse(msg: Message, reason: str) -> Message:
+    log.error("refusing: %s", reason)
+    return Message(Error(code=ErrorCode.SITE_REFUSED, reason=reason), reply_to=msg)
 
 
 def _check_approved(site: Site) -> None:
@@ -122,6 +137,31 @@ def _check_approved(site: Site) -> None:
         )
     policy = load_site_policy(site.policy_path, check_models=False)
     check_code_approval(policy, site=site.site_id, simulated=site.simulated)
+    log.info("site %s: the code running here is approved by its policy", site.site_id)
+
+
+@contextmanager
+def _decisions_logged_to(path: Path) -> Iterator[None]:
+    """While one message is handled, append fedmed's log lines (info and up) to the site's own log.
+
+    Scoped to the message: a process that serves several simulated sites writes each
+    site's lines to that site's file only.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("fedmed")
+    level = logger.level
+    logger.addHandler(handler)
+    if not level or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def signing_key(site: Site) -> Ed25519PrivateKey:

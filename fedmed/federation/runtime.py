@@ -213,7 +213,10 @@ def wait_healthy(process: subprocess.Popen, url: str, *, log_path: Path, timeout
 class LoggedProcess:
     """A Flower process in a session of its own, its output appended to a log file.
 
-    ``stop`` ends it and every process group it started, then closes the log.
+    ``stop`` ends it and every process group it started, then closes the log. If the fedmed
+    process dies without stopping it (SIGKILL, a crash), the kernel sends it SIGTERM
+    (Linux's parent-death signal), and Flower's own processes follow their parents, so no
+    SuperLink or SuperNode lives on, still joined, with nobody to stop it.
     """
 
     def __init__(self, command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, mode: str = "a") -> None:
@@ -223,6 +226,7 @@ class LoggedProcess:
         """Where this start's output begins in the log."""
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - fedmed's CLI starts its Flower processes from one thread
         )
 
     @property
@@ -296,13 +300,41 @@ class SimulationEngine:
             shutil.rmtree(self.home, ignore_errors=True)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux for SIGTERM when this process's parent dies (elsewhere: nothing); it survives exec."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (a container stop, systemd, ``kill PID``) stop a command as Ctrl-C does.
+
+    The command's ``except KeyboardInterrupt`` and ``with`` blocks then stop its Flower
+    processes cleanly, instead of leaving them running.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def stop_process_tree(process: subprocess.Popen, *, grace: float = 15.0) -> None:
     """Stop a SuperLink and every process group under it (SuperExec, flwr-simulation, Ray).
 
     SuperExec runs in a session of its own that flwr-simulation and Ray inherit; a
-    SIGTERM to the SuperLink alone would orphan a simulation still in flight.
+    SIGTERM to the SuperLink alone would orphan a simulation still in flight. The
+    process's own group (it leads a session of its own) is swept too: a SuperNode's
+    SuperExec shares it and would outlive the SuperNode.
     """
-    groups = {_pgid(pid) for pid in _descendants(process.pid)} - {None, process.pid}
+    groups = {_pgid(pid) for pid in _descendants(process.pid)} - {None}
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:

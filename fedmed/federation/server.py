@@ -28,7 +28,7 @@ from fedmed.errors import FedmedError
 from fedmed.federation.cross_site import cross_site_evaluation, load_baselines
 from fedmed.federation.identity import SiteRegistry, UnverifiedSite
 from fedmed.federation.ledgers import record_ledger
-from fedmed.federation.messages import Key, encode_plan, scalars, state_from_arrays
+from fedmed.federation.messages import SIMULATION, Key, encode_plan, scalars, state_from_arrays
 from fedmed.federation.secure_rounds import RECORD, Field, secure_aggregate
 from fedmed.models import create_model, float_state
 from fedmed.report import MODEL_FILE, RunRecorder
@@ -153,7 +153,8 @@ def run_federation(grid: Grid, context: Context) -> None:
     out_dir = Path(str(context.run_config[Key.OUT_DIR]))
     recorder = RunRecorder(out_dir, config)
     manifest_path = Path(str(context.run_config.get(Key.MANIFEST_PATH) or config.state_root / MANIFEST_FILE))
-    recorder.set_run(run_id=str(grid.run.run_id), manifest=manifest_path)
+    kind = str(context.run_config.get(Key.RUN_KIND) or SIMULATION)
+    recorder.set_run(run_id=str(grid.run.run_id), manifest=manifest_path, kind=kind)
     baselines_dir = str(context.run_config.get(Key.BASELINES_DIR) or "")
     status, reason, arrays = "completed", None, None
     try:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedmed.config import DeviceName, SitePolicy, load_site_policy
-from fedmed.data import SiteData, dataset_fingerprint, default_cache_dir, load_site_data
+from fedmed.data import SiteData, dataset_fingerprint, load_site_data
 from fedmed.errors import ConfigError, PrivacyError
 from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
 from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_subgroups, patient_keys
@@ -41,7 +41,7 @@ from fedmed.federation.messages import (
 from fedmed.federation.node import Site, reply_or_refuse, signing_key
 from fedmed.federation.secure_rounds import RECORD, Field, begin_round
 from fedmed.models import create_model, float_state, load_float_state
-from fedmed.privacy import check_budget, plan_privacy, train_private
+from fedmed.privacy import check_budget, epsilon_of, plan_privacy, train_private
 from fedmed.privacy.books import LEDGER_FILE, PrivacyBooks
 from fedmed.privacy.ledger import commit_state, hash_state, verify_ledger_file
 from fedmed.privacy.randomness import Randomness, SecureRandomness, SeededRandomness, bootstrap_seed
@@ -90,8 +90,7 @@ def _answer(msg: Message, context: Context, step: Callable[[Message, Context, Si
 
 
 def _load(site: Site, plan: RoundPlan) -> SiteData:
-    cache_dir = site.cache_dir or default_cache_dir()
-    data = load_site_data(site.data_dir, image_size=plan.image_size, cache_dir=cache_dir)
+    data = load_site_data(site.data_dir, image_size=plan.image_size, cache_dir=site.image_cache)
     for skipped in data.skipped:
         log.warning("site %s skipped %s: %s", site.site_id, skipped.path, skipped.reason)
     return data
@@ -171,7 +170,14 @@ def _train_privately(
     history = books.spent()
     run_id = str(context.run_id)
     books.check_new_round(run_id, ledger_round)
-    check_budget(privacy, history, site=site.site_id, budget=policy.max_epsilon)
+    projected = check_budget(privacy, history, site=site.site_id, budget=policy.max_epsilon)
+    log.info(
+        "site %s accepts the terms for round %s of run %s: noise %.4g, clip %g, sample rate %.4g, delta %g; "
+        "epsilon %.3f spent on this dataset, %.3f after this round, budget %g",
+        site.site_id, ledger_round, run_id, privacy.noise_multiplier, privacy.max_grad_norm, privacy.sample_rate,
+        privacy.delta, epsilon_of(history, delta=privacy.delta, accountant=privacy.accountant), projected,
+        policy.max_epsilon,
+    )
 
     received = state_from_arrays(msg.content[Key.ARRAYS])
     model = _model(plan, received, site=site.site_id)
@@ -250,6 +256,9 @@ def _train(msg: Message, context: Context, site: Site) -> Message:
         content[RECORD] = ConfigRecord({Field.ADVERT: advert})
     else:
         content[Key.ARRAYS] = arrays_from_state(trained.update)
+    sent = "a signed key advert (the update stays here until masked)" if plan.secure_aggregation.enabled else (
+        "the update in the clear")
+    log.info("site %s sends for round %s: %s, its ledger entry and training metrics", site.site_id, server_round, sent)
     return Message(content=content, reply_to=msg)
 
 
@@ -278,6 +287,7 @@ def _train_local_model(msg: Message, context: Context, site: Site) -> Message:
     content = RecordDict(
         {Key.METRICS: trained.metrics, Key.SITE: trained.site_record, Key.ARRAYS: arrays_from_state(trained.update)}
     )
+    log.info("site %s sends its local-only model in the clear (policy: share_local_model)", site.site_id)
     return Message(content=content, reply_to=msg)
 
 
@@ -317,6 +327,11 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
             Key.SKIPPED_FILES: len(data.skipped),
             Key.SECONDS: time.perf_counter() - started,
         }
+    )
+    log.info(
+        "site %s releases its evaluation of round %s: %d test images of %d patients, AUROC %s, score histograms "
+        "in bins of at least %d patients", site.site_id, server_round, len(labels), len(set(patients)),
+        "n/a" if auroc is None else f"{auroc:.3f}", policy.min_cell_size,
     )
     return Message(content=RecordDict({Key.METRICS: metrics}), reply_to=msg)
 
@@ -386,4 +401,6 @@ def _evaluate_cross_site(msg: Message, context: Context, site: Site) -> Message:
         if model_id == GLOBAL_MODEL:
             subgroups = analysis
     report = json.dumps({"models": cells, "subgroups": subgroups})
+    log.info("site %s releases cross-site cells for %s (cells under %d patients suppressed)",
+             site.site_id, ", ".join(models), policy.min_cell_size)
     return Message(content=RecordDict({Key.SITE: ConfigRecord({Key.EVALUATION: report})}), reply_to=msg)

@@ -387,8 +387,16 @@ def audit_path(path: Path, *, public_keys: dict[str, Path] | None = None, manife
             raise FedmedError(f"{path}: ledger of site {site!r}, but --public-key names only {', '.join(sorted(keys))}")
         trusted = _KeyRing(keys, manifest, notes=[])
         return AuditReport([_audit_file(path, unverified, site, trusted)])
-    folder = path / "ledgers" if (path / "ledgers").is_dir() else path
+    results = _read_results(path)
+    run_folder = results is not None or (path / "progress.jsonl").exists() or (path / "ledgers").is_dir()
+    folder = path / "ledgers" if run_folder else path  # a run folder's ledgers are in ledgers/ only
     ledgers = {ledger.stem: ledger for ledger in sorted(folder.glob("*.jsonl"))}
+    if not ledgers and run_folder:
+        status = f" (status {results.get('status')}: {results.get('status_reason')})" if results else ""
+        raise FedmedError(
+            f"{path}: this run recorded no privacy ledger{status}: no site trained in it, so there is no spend "
+            "to audit; a site's own ledger is in its state folder (fedmed audit STATE/ledger.jsonl)"
+        )
     if not ledgers:
         raise FedmedError(f"{path}: no privacy ledgers found; expected {path / 'ledgers'}/<site>.jsonl")
     unknown = sorted(set(keys) - set(ledgers))
@@ -397,7 +405,6 @@ def audit_path(path: Path, *, public_keys: dict[str, Path] | None = None, manife
             f"{path}: --public-key names site(s) {', '.join(unknown)} without a ledger; ledgers found: "
             + ", ".join(ledgers)
         )
-    results = _read_results(path)
     notes: list[str] = []
     if manifest is None and results is not None:
         manifest = _recorded_manifest(results, notes)

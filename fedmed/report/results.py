@@ -25,7 +25,14 @@ from fedmed.config import ExperimentConfig
 from fedmed.config.schema import check_site_id
 from fedmed.evaluation import roc_auc_from_histograms
 from fedmed.evaluation.findings import find_findings
-from fedmed.federation.messages import GLOBAL_MODEL, POOLED_MODEL, local_model_id, model_label, without_model_id
+from fedmed.federation.messages import (
+    GLOBAL_MODEL,
+    POOLED_MODEL,
+    SIMULATION,
+    local_model_id,
+    model_label,
+    without_model_id,
+)
 from fedmed.privacy.audit import privacy_statement
 from fedmed.secure.keys import public_key_pem
 
@@ -57,6 +64,7 @@ class RunRecorder:
         self._ledgers: dict[str, dict[int, str]] = {}
         self.run_id: str | None = None
         self.manifest: Path | None = None
+        self.kind = SIMULATION
         self._models: list[str] = []
         self._refused: dict[str, str] = {}
         self._local_models: dict[str, dict[str, float]] = {}
@@ -78,10 +86,11 @@ class RunRecorder:
     def record_train(self, server_round: int, site: str, metrics: dict[str, float]) -> None:
         self._round(server_round).train[site] = metrics
 
-    def set_run(self, *, run_id: str, manifest: Path) -> None:
-        """The Flower run id and the key manifest the server verified sites against."""
+    def set_run(self, *, run_id: str, manifest: Path, kind: str) -> None:
+        """The Flower run id, the key manifest the server verified sites against, and the kind of run."""
         self.run_id = run_id
         self.manifest = Path(manifest)
+        self.kind = kind
 
     def record_ledger(self, site: str, lines: list[str], public_key: Ed25519PublicKey) -> None:
         """Keep the consortium's copy of a site's ledger: ledgers/<site>.jsonl and .pub.
@@ -181,10 +190,11 @@ class RunRecorder:
             "started_at": self.started,
             "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
             "wall_seconds": time.time() - self.started,
+            "kind": self.kind,
             "run_id": self.run_id,
             "manifest": self._manifest_record(),
             "unsafe_reproducible": self.config.training.unsafe_reproducible,
-            "config": self.config.model_dump(mode="json"),
+            "config": self._config_record(),
             "rounds": rounds,
             "sites": sites,
             "global": {
@@ -257,6 +267,15 @@ class RunRecorder:
         self.emit("end", status=status, reason=reason, global_auroc=self.pooled_auroc())
         return path
 
+
+    def _config_record(self) -> dict[str, Any]:
+        """The experiment as validated; a deployed run leaves out what only a simulation reads
+        (the data folder, demo data, cache, simulated hospitals): each hospital has its own."""
+        if self.kind == SIMULATION:
+            return self.config.model_dump(mode="json")
+        return self.config.model_dump(
+            mode="json", exclude={"simulation": True, "data": {"root", "synthesize", "cache_dir"}},
+        )
 
     def _manifest_record(self) -> dict[str, str] | None:
         """Where the key manifest was and its SHA-256, for an auditor to compare with their copy."""

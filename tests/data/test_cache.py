@@ -105,3 +105,12 @@ def test_failures_are_not_cached(tmp_path: Path) -> None:
 def test_missing_file_is_a_read_error(tmp_path: Path) -> None:
     with pytest.raises(DicomReadError, match="absent.dcm: file not found"):
         ImageCache(tmp_path).load_or_decode(tmp_path / "absent.dcm", size=16)
+
+
+def test_cached_patient_images_are_owner_only(dicom_files: list[Path], tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "state" / "cache")
+    cache.load_or_decode(dicom_files[0], size=16)
+    (entry,) = (tmp_path / "state" / "cache").rglob("*.npy")
+    assert entry.stat().st_mode & 0o777 == 0o600
+    assert entry.parent.stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "cache").stat().st_mode & 0o777 == 0o700

@@ -120,6 +120,8 @@ def first_run(world: World) -> dict:
 
 def test_two_rounds_with_dp_and_secure_aggregation_pass_the_audit(world: World, first_run: dict) -> None:
     assert first_run["status"] == "completed", first_run["status_reason"]
+    assert first_run["kind"] == "deployment"  # and nothing of a simulation in its record
+    assert "simulation" not in first_run["config"] and "root" not in first_run["config"]["data"]
     for record in first_run["rounds"]:
         assert record["secure_aggregation"]["sites"] == SITES[:3]
         assert record["failures"] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from fedmed.deploy.provision import Consortium, provision
 from fedmed.deploy.supernode import SiteFolder, node_config
 from fedmed.errors import ConfigError
-from fedmed.secure.keys import load_signing_key, public_key_pem
+from fedmed.secure.keys import key_fingerprint, load_signing_key, public_key_pem
 from fedmed.secure.manifest import load_manifest
 
 SITES = ["site-a", "site-b"]
@@ -104,3 +105,28 @@ def test_node_config_is_toml_flower_can_parse(consortium: Consortium, tmp_path: 
     assert parsed["site-id"] == "site-a"
     assert parsed["data-dir"] == str((tmp_path / "my data").resolve())
     assert parsed["manifest-path"] == str(folder.folder / "consortium-keys.json")
+
+
+def test_every_key_has_a_fingerprint_in_the_audits_form(tmp_path: Path) -> None:
+    said: list[str] = []
+    consortium = provision(tmp_path / "c", sites=SITES, server_host="127.0.0.1", announce=said.append)
+    described = json.loads(consortium.description.read_text())
+    for site in SITES:
+        keys = described["sites"][site]
+        identity = load_signing_key(consortium.signing_key(site))
+        assert keys["identity_fingerprint"] == key_fingerprint(identity)  # what `fedmed audit` prints
+        assert len(keys["supernode_auth_fingerprint"]) == 16
+        assert f"{site}: identity key {keys['identity_fingerprint']}" in "\n".join(said)
+    assert set(described["fingerprints"]) == {"ca_certificate", "superlink_certificate"}
+    assert described["fingerprints"]["ca_certificate"] in "\n".join(said)
+
+
+def test_a_consortium_folder_is_kept_out_of_git(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    said: list[str] = []
+    consortium = provision(tmp_path / "c", sites=SITES, server_host="127.0.0.1", announce=said.append)
+    assert any("inside the git work tree" in line and "ca/ca.key offline" in line for line in said)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "-A"], check=True)
+    staged = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain"], capture_output=True, text=True)
+    assert staged.stdout == ""  # nothing of the consortium folder, the CA key least of all
+    assert consortium.ca_key.exists()

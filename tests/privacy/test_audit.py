@@ -485,3 +485,12 @@ def test_cli_exit_2_on_unusable_input(tmp_path: Path, cli: Any, args: list[str],
 
 def test_report_verdict_needs_at_least_one_site() -> None:
     assert AuditReport([]).verdict == "fail"
+
+
+def test_a_run_that_recorded_no_ledger_says_so(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "progress.jsonl").write_text('{"event": "start"}\n')  # not a ledger, though it is JSON Lines
+    (run / "results.json").write_text(json.dumps({"status": "stopped", "status_reason": "no site trained"}))
+    with pytest.raises(FedmedError, match=r"this run recorded no privacy ledger \(status stopped: no site trained\)"):
+        audit_path(run)

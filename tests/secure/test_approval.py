@@ -298,7 +298,9 @@ def test_a_hospital_node_without_approved_code_replies_why_before_touching_anyth
     assert reply.has_error()
     assert reply.error.reason.startswith("site site-a has approved no code")
     assert code_digest() in reply.error.reason
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.yaml"]  # no data read, no books, no key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.yaml", "state"]  # no data read
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["node.log"]  # no books, no key: only its log
+    assert "refusing: site site-a has approved no code" in (tmp_path / "state" / "node.log").read_text()
 
 
 @pytest.fixture(scope="module")
