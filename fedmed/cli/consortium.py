@@ -9,13 +9,15 @@ import typer
 from rich.console import Console
 
 from fedmed.cli.simulate import follow_run
-from fedmed.config import load_site_policy
+from fedmed.config import load_config, load_site_policy
 from fedmed.data import check_folder, render_report
+from fedmed.deploy.budget import budget_report
 from fedmed.deploy.provision import DEFAULT_PORT, Consortium, provision
 from fedmed.deploy.run import run_on_consortium
 from fedmed.deploy.superlink import SuperLink
 from fedmed.deploy.supernode import SiteFolder, SuperNode, what_leaves
 from fedmed.errors import ConfigError, DataError
+from fedmed.federation.node import CACHE_DIR
 from fedmed.federation.runtime import interrupt_on_sigterm
 
 console = Console(highlight=False, soft_wrap=True)
@@ -83,6 +85,9 @@ def start_node(
     runtime_port: Annotated[
         int | None, typer.Option("--runtime-port", help="Local port for the node's ClientApps; default: any free one.")
     ] = None,
+    experiment: Annotated[Path | None, typer.Option(
+        "--experiment", help="The planned experiment YAML (from the coordinator): say how many such runs the budget fits.",
+    )] = None,
 ) -> None:
     """Check the data, say what will leave the site, then join the consortium until Ctrl-C or SIGTERM."""
     interrupt_on_sigterm()
@@ -100,6 +105,11 @@ def start_node(
     console.print(what_leaves(terms))
     state_dir = state or folder.folder / "state"
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    console.print(budget_report(
+        site=site, data_dir=data, cache_dir=cache or state_dir / CACHE_DIR, state_dir=state_dir,
+        public_key=folder.folder / "site-ed25519.pub", policy=terms,
+        experiment=load_config(experiment) if experiment is not None else None,
+    ))
     node = SuperNode(folder, data_dir=data, policy=policy, state_dir=state_dir, cache_dir=cache, runtime_port=runtime_port)
     node.start(retry_for=75.0)
     console.print(

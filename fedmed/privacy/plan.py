@@ -100,3 +100,26 @@ def check_budget(
             f"{limit:g} for this dataset (already spent {spent:.3f}); refusing to train"
         )
     return projected
+
+
+def runs_that_fit(
+    history: list[MechanismStep], run: list[MechanismStep], *, delta: float, accountant: str, budget: float,
+    most: int = 50,
+) -> int:
+    """How many more runs with the mechanism steps ``run`` the budget still admits (up to ``most``).
+
+    Runs compose, they do not add up: k runs are k times each step, composed with the
+    history; epsilon grows with k, so k is found by bisection (a few accountant calls).
+    """
+
+    def fits(count: int) -> bool:
+        steps = [*history, *(MechanismStep(s.noise_multiplier, s.sample_rate, s.steps * count) for s in run)]
+        return epsilon_of(steps, delta=delta, accountant=accountant) <= budget + BUDGET_TOLERANCE
+
+    low, high = 0, most  # fits(low) holds (no run spends nothing more); find the largest count that fits
+    if fits(high):
+        return most
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
