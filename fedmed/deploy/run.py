@@ -7,6 +7,7 @@ Run it on the SuperLink's machine: the ServerApp runs there and writes the run f
 from __future__ import annotations
 
 import shutil
+import ssl
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,12 @@ from fedmed.config import ExperimentConfig
 from fedmed.deploy.provision import Consortium
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import DEPLOYMENT, Key
-from fedmed.federation.runtime import FlowerConnection, RunStatus, flower_environment
+from fedmed.federation.runtime import FlowerConnection, RunStatus, flower_environment, wait_healthy
 from fedmed.federation.simulation import ProgressFollower
 from fedmed.report import PROGRESS_FILE, clear_run_folder, read_results
+
+SUPERLINK_WAIT = 60.0
+"""Seconds `fedmed run` waits for the SuperLink to answer before giving up."""
 
 
 def run_on_consortium(
@@ -36,6 +40,10 @@ def run_on_consortium(
             f"{config_path}: data.sites names {', '.join(unknown)}, not in the consortium "
             f"{consortium.root} ({', '.join(consortium.sites())})"
         )
+    wait_healthy(  # a run submitted while the SuperLink is still starting would be refused
+        None, f"https://{consortium.address()}/health", log_path=None, timeout=SUPERLINK_WAIT,
+        context=ssl.create_default_context(cafile=str(consortium.ca_cert)),
+    )
     clear_run_folder(out_dir)
     home = Path(tempfile.mkdtemp(prefix="fedmed-flwr-"))
     try:

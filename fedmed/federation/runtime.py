@@ -192,11 +192,13 @@ class FlowerConnection:
         return RunStatus(run_id, run["status"], run.get("status-details", ""))
 
 
-def wait_healthy(process: subprocess.Popen, url: str, *, log_path: Path, timeout: float, context: object = None) -> None:
-    """Wait for a SuperLink's ``/health`` to answer 200, or its process to die."""
+def wait_healthy(
+    process: subprocess.Popen | None, url: str, *, log_path: Path | None, timeout: float, context: object = None,
+) -> None:
+    """Wait for a SuperLink's ``/health`` to answer 200, or its process (when it is ours) to die."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise FlowerRuntimeError(
                 f"flower-superlink exited at start (code {process.returncode}); see {log_path}"
             )
@@ -207,7 +209,8 @@ def wait_healthy(process: subprocess.Popen, url: str, *, log_path: Path, timeout
         except OSError:
             pass
         time.sleep(0.2)
-    raise FlowerRuntimeError(f"flower-superlink did not become ready in {timeout:.0f} s; see {log_path}")
+    where = f"; see {log_path}" if log_path else " (is `fedmed server start` running, and its port reachable from here?)"
+    raise FlowerRuntimeError(f"the SuperLink at {url.rsplit('/', 1)[0]} did not answer in {timeout:.0f} s{where}")
 
 
 class LoggedProcess:
