@@ -194,6 +194,7 @@ class SuperNode:
             "PATH": os.pathsep.join([str(bin_dir), env["PATH"]]),
             clientapp.POLICY_ENV: str(self.policy),
             clientapp.SITE_ENV: self.site.site,
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(TASK_POLL_SECONDS),  # Flower's default: 1 s
         })
         return env
 
@@ -218,6 +219,8 @@ class SuperNode:
 
 
 REFUSED_KEY = "does not know this site's key"
+TASK_POLL_SECONDS = 0.1
+"""How often the node's SuperExec looks for a message to start a ClientApp for."""
 
 
 def connection_failure(log_path: Path, *, offset: int = 0) -> str:

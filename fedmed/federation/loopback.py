@@ -1,7 +1,8 @@
 """An in-process Flower Grid: the real ServerApp and ClientApp code, no engine.
 
 Every message goes through Flower's protobuf serialisation both ways, as it does on the
-wire, and each node keeps its own ``Context`` across messages as a SuperNode does. Tests
+wire, and each node keeps its own ``Context`` across messages as a SuperNode does. A node
+made to vanish gets the error reply a SuperLink gives for a node that stopped answering. Tests
 use it to watch everything the server receives and to drop a site at an exact step;
 benchmarks use it to time protocols without Ray's scheduling noise. Runs go through
 the real engines (`fedmed simulate`, `fedmed run`) everywhere else.
@@ -12,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+UNAVAILABLE = "Error: Node Unavailable (the test bench dropped this node)"
 
 Drop = Callable[[Message], bool]
 """Decides, for each message sent to a node, whether that node is gone (no reply)."""
@@ -37,7 +40,8 @@ class LoopbackGrid(Grid):
         client_app: the ClientApp every node runs.
         node_configs: node id to that node's node config.
         run_config: the run config both sides see.
-        drop: optional; a node whose incoming message it accepts does not reply.
+        drop: optional; a node whose incoming message it accepts does not answer: the
+            server gets Flower's "node unavailable" error instead, as from a SuperLink.
         received: optional; every reply the server gets is appended here.
     """
 
@@ -84,9 +88,12 @@ class LoopbackGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             ids.append(message.metadata.message_id)
-            if self.drop is not None and self.drop(message):
-                continue
             node = message.metadata.dst_node_id
+            if self.drop is not None and self.drop(message):
+                self._replies[message.metadata.message_id] = self._unavailable(message)
+                if self.received is not None:
+                    self.received.append(self._replies[message.metadata.message_id])
+                continue
             context = self.contexts[node]
             TaskIdentity.node_id = node
             try:
@@ -99,6 +106,16 @@ class LoopbackGrid(Grid):
                 self.received.append(reply)
             self._replies[message.metadata.message_id] = reply
         return ids
+
+    @staticmethod
+    def _unavailable(message: Message) -> Message:
+        TaskIdentity.node_id = message.metadata.dst_node_id
+        try:
+            reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=UNAVAILABLE), reply_to=message)
+        finally:
+            TaskIdentity.node_id = SUPERLINK_NODE_ID
+        reply.metadata.__dict__["_message_id"] = str(uuid4())
+        return _over_the_wire(reply)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]

@@ -29,6 +29,7 @@ from fedmed.federation.cross_site import cross_site_evaluation, load_baselines
 from fedmed.federation.identity import SiteRegistry, UnverifiedSite
 from fedmed.federation.ledgers import record_ledger
 from fedmed.federation.messages import SIMULATION, Key, encode_plan, scalars, state_from_arrays
+from fedmed.federation.polling import PromptGrid
 from fedmed.federation.secure_rounds import RECORD, Field, secure_aggregate
 from fedmed.models import create_model, float_state
 from fedmed.report import MODEL_FILE, RunRecorder
@@ -149,6 +150,7 @@ class SiteTrackingFedAvg(FedAvg):
 
 def run_federation(grid: Grid, context: Context) -> None:
     """The ServerApp's work: train, evaluate every round, write the run folder."""
+    grid = PromptGrid(grid)
     config = load_config(str(context.run_config[Key.CONFIG_PATH]))
     out_dir = Path(str(context.run_config[Key.OUT_DIR]))
     recorder = RunRecorder(out_dir, config)
