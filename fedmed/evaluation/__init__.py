@@ -7,9 +7,11 @@ from fedmed.evaluation.metrics import (
     auroc_interval,
     equalized_odds_difference,
     expected_calibration_error,
+    pooled_auroc,
     predict_scores,
     roc_auc,
     roc_auc_from_histograms,
+    score_groups,
     score_histograms,
     sensitivity_specificity,
 )
@@ -28,7 +30,9 @@ __all__ = [
     "find_findings",
     "predict_scores",
     "roc_auc",
+    "pooled_auroc",
     "roc_auc_from_histograms",
+    "score_groups",
     "score_histograms",
     "sensitivity_specificity",
 ]

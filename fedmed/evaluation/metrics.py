@@ -115,53 +115,80 @@ def equalized_odds_difference(rates: Iterable[tuple[float | None, float | None]]
     return float(max(tpr.max() - tpr.min(), fpr.max() - fpr.min()))
 
 
-def score_histograms(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    *,
-    patients: Sequence[Hashable] | None = None,
-    min_patients: int = 1,
-    bins: int = SCORE_BINS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of positive and of negative cases per score bin over [0, 1].
-
-    A site releases these aggregates instead of one score per patient; summed over sites
-    they give the pooled AUROC to within the bin width. With ``patients`` (one id per case),
-    adjacent bins are merged until every bin released holds cases of at least
-    ``min_patients`` distinct patients, or none, and each merged bin's counts sit at its
-    middle: a model crafted to give one patient a score bin of its own learns nothing about
-    that patient that a cell of ``min_patients`` would not tell.
-    """
+def score_histograms(labels: np.ndarray, scores: np.ndarray, *, bins: int = SCORE_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of positive and of negative cases per score bin over [0, 1]."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     labels = np.asarray(labels) >= 0.5
     scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
     positives, _ = np.histogram(scores[labels], bins=edges)
     negatives, _ = np.histogram(scores[~labels], bins=edges)
-    if patients is None or min_patients <= 1:
-        return positives, negatives
-    where = np.digitize(scores, edges[1:-1])
+    return positives, negatives
+
+
+ScoreGroup = tuple[int, int, int, int]
+"""(first bin, last bin, positives, negatives): adjacent score bins released together."""
+
+
+def score_groups(
+    labels: np.ndarray, scores: np.ndarray, *, patients: Sequence[Hashable], min_patients: int, bins: int = SCORE_BINS,
+) -> list[ScoreGroup]:
+    """The site's score histogram as groups of adjacent bins, each over at least ``min_patients`` patients.
+
+    What a site releases for the pooled AUROC instead of one score per patient. Bins are
+    merged from the lowest score up until a group covers ``min_patients`` distinct patients
+    (a last, smaller group joins the one before), so a model crafted to give one patient a
+    bin of its own learns no more about that patient than a cell of ``min_patients`` tells.
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    positive = np.asarray(labels) >= 0.5
+    where = np.digitize(np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0), edges[1:-1])
     groups: list[list[int]] = []
     current: list[int] = []
     for b in range(bins):
-        members = np.flatnonzero(where == b)
-        if members.size == 0:
-            continue
-        current.extend(members.tolist())
-        if len({patients[i] for i in current}) >= min_patients:
+        current.extend(np.flatnonzero(where == b).tolist())
+        if current and len({patients[i] for i in current}) >= max(min_patients, 1):
             groups.append(current)
             current = []
-    if current:  # a last group too small on its own joins the one before it
+    if current:
         if groups:
             groups[-1].extend(current)
         else:
             groups.append(current)
-    merged_positives, merged_negatives = np.zeros(bins, dtype=np.int64), np.zeros(bins, dtype=np.int64)
+    released = []
     for members in groups:
         spanned = where[members]
-        middle = (int(spanned.min()) + int(spanned.max())) // 2
-        merged_positives[middle] = int(labels[members].sum())
-        merged_negatives[middle] = len(members) - merged_positives[middle]
-    return merged_positives, merged_negatives
+        n_positive = int(positive[members].sum())
+        released.append((int(spanned.min()), int(spanned.max()), n_positive, len(members) - n_positive))
+    return released
+
+
+def pooled_auroc(sites: Sequence[tuple[Sequence[ScoreGroup], float | None]]) -> float | None:
+    """AUROC over every site's test set pooled, from what sites release: (score groups, own AUROC).
+
+    The Mann-Whitney statistic splits into pairs within a site, which its exact AUROC gives,
+    and pairs across sites, which the groups give: a positive beats a negative whose group
+    lies wholly below its own, loses to one wholly above, and ties (one half) where the two
+    groups' bin ranges overlap. Coarse groups pull the cross-site part towards one half.
+    """
+    counts = [(sum(g[2] for g in groups), sum(g[3] for g in groups)) for groups, _ in sites]
+    n_positive, n_negative = sum(p for p, _ in counts), sum(n for _, n in counts)
+    if n_positive == 0 or n_negative == 0:
+        return None
+    wins = 0.0
+    for i, (groups_i, auroc_i) in enumerate(sites):
+        p_i, n_i = counts[i]
+        if p_i and n_i:
+            wins += (auroc_i if auroc_i is not None else 0.5) * p_i * n_i
+        positives = np.array([(g[0], g[1], g[2]) for g in groups_i if g[2]], dtype=np.float64).reshape(-1, 3)
+        for j, (groups_j, _) in enumerate(sites):
+            negatives = np.array([(g[0], g[1], g[3]) for g in groups_j if g[3]], dtype=np.float64).reshape(-1, 3)
+            if i == j or not len(positives) or not len(negatives):
+                continue
+            above = positives[:, None, 0] > negatives[None, :, 1]
+            below = positives[:, None, 1] < negatives[None, :, 0]
+            share = np.where(above, 1.0, np.where(below, 0.0, 0.5))
+            wins += float((positives[:, None, 2] * negatives[None, :, 2] * share).sum())
+    return wins / (n_positive * n_negative)
 
 
 def roc_auc_from_histograms(positives: np.ndarray, negatives: np.ndarray) -> float | None:

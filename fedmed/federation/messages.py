@@ -55,8 +55,8 @@ class Key(StrEnum):
     STEPS = "steps"
     AUROC = "auroc"
     ACCURACY = "accuracy"
-    POSITIVES = "score-positives"
-    NEGATIVES = "score-negatives"
+    SCORE_GROUPS = "score-groups"
+    """Flat (first bin, last bin, positives, negatives) per group (fedmed.evaluation.score_groups)."""
     SKIPPED_FILES = "skipped-files"
     SECONDS = "seconds"
     # run config (set by `fedmed simulate` and `fedmed run`)

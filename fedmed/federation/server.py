@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -139,10 +138,9 @@ class SiteTrackingFedAvg(FedAvg):
             values = scalars(metrics)
             if values.get("auroc", 0.0) < 0:  # a test set with a single class has no AUROC
                 values["auroc"] = None
-            self.recorder.record_evaluate(
-                server_round, site, values,
-                np.asarray(metrics[Key.POSITIVES]), np.asarray(metrics[Key.NEGATIVES]),
-            )
+            flat = [int(v) for v in metrics[Key.SCORE_GROUPS]]
+            groups = [tuple(flat[k : k + 4]) for k in range(0, len(flat) - len(flat) % 4, 4)]
+            self.recorder.record_evaluate(server_round, site, values, groups)
         self.recorder.finish_evaluate(server_round)
         pooled = self.recorder.pooled_auroc()
         return MetricRecord({"pooled-auroc": pooled}) if pooled is not None else None

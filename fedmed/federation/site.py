@@ -27,7 +27,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from fedmed.config import DeviceName, SitePolicy, load_site_policy
 from fedmed.data import SiteData, dataset_fingerprint, load_site_data
 from fedmed.errors import ConfigError, PrivacyError
-from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_histograms
+from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_groups
 from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_subgroups, patient_keys
 from fedmed.federation.messages import (
     GLOBAL_MODEL,
@@ -314,7 +314,7 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     loss = torch.nn.functional.binary_cross_entropy(
         torch.as_tensor(scores).clamp(1e-7, 1 - 1e-7), torch.as_tensor(labels)
     )
-    positives, negatives = score_histograms(labels, scores, patients=patients, min_patients=policy.min_cell_size)
+    groups = score_groups(labels, scores, patients=patients, min_patients=policy.min_cell_size)
     auroc = roc_auc(labels, scores)
     metrics = MetricRecord(
         {
@@ -322,8 +322,7 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
             Key.EVAL_LOSS: float(loss),
             Key.AUROC: -1.0 if auroc is None else auroc,
             Key.ACCURACY: accuracy(labels, scores),
-            Key.POSITIVES: [int(c) for c in positives],
-            Key.NEGATIVES: [int(c) for c in negatives],
+            Key.SCORE_GROUPS: [int(value) for group in groups for value in group],
             Key.SKIPPED_FILES: len(data.skipped),
             Key.SECONDS: time.perf_counter() - started,
         }

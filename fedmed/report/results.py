@@ -17,13 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedmed import __version__
 from fedmed.config import ExperimentConfig
 from fedmed.config.schema import check_site_id
-from fedmed.evaluation import roc_auc_from_histograms
+from fedmed.evaluation import pooled_auroc
 from fedmed.evaluation.findings import find_findings
 from fedmed.federation.messages import (
     GLOBAL_MODEL,
@@ -60,7 +59,7 @@ class RunRecorder:
         self.config = config
         self.rounds: dict[int, RoundRecord] = {}
         self.started = time.time()
-        self._histograms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._score_groups: dict[str, tuple[list[tuple[int, int, int, int]], float | None]] = {}
         self._ledgers: dict[str, dict[int, str]] = {}
         self.run_id: str | None = None
         self.manifest: Path | None = None
@@ -110,11 +109,11 @@ class RunRecorder:
         (folder / f"{site}.pub").write_text(public_key_pem(public_key), encoding="utf-8")
 
     def record_evaluate(
-        self, server_round: int, site: str, metrics: dict[str, float | None],
-        positives: np.ndarray, negatives: np.ndarray,
+        self, server_round: int, site: str, metrics: dict[str, float | None], groups: list[tuple[int, int, int, int]],
     ) -> None:
+        """A site's round evaluation, with the score groups it released for the pooled AUROC."""
         self._round(server_round).evaluate[site] = metrics
-        self._histograms[site] = (np.asarray(positives), np.asarray(negatives))
+        self._score_groups[site] = (list(groups), metrics.get("auroc"))
 
     def record_failure(self, server_round: int | None, stage: str, node_id: int, reason: str) -> None:
         """A site's refusal or absence; ``server_round`` None for the end-of-run evaluation."""
@@ -150,12 +149,10 @@ class RunRecorder:
         self.emit("cross-site", site=site, cells=cells)
 
     def pooled_auroc(self) -> float | None:
-        """AUROC over all sites' test sets pooled, from the latest score histograms."""
-        if not self._histograms:
+        """AUROC over all sites' test sets pooled, from each site's latest score groups and AUROC."""
+        if not self._score_groups:
             return None
-        positives = sum(p for p, _ in self._histograms.values())
-        negatives = sum(n for _, n in self._histograms.values())
-        return roc_auc_from_histograms(positives, negatives)
+        return pooled_auroc(list(self._score_groups.values()))
 
     def finish_train(self, server_round: int) -> None:
         record = self._round(server_round)

@@ -10,9 +10,11 @@ from sklearn.metrics import roc_auc_score
 from fedmed.evaluation import (
     SCORE_BINS,
     accuracy,
+    pooled_auroc,
     predict_scores,
     roc_auc,
     roc_auc_from_histograms,
+    score_groups,
     score_histograms,
 )
 from fedmed.models import create_model
@@ -196,3 +198,47 @@ def test_predict_scores_without_images() -> None:
     model = create_model("small_cnn", image_size=16)
     scores = predict_scores(model, torch.empty(0, 1, 16, 16), device=CPU)
     assert scores.shape == (0,)
+
+
+def test_score_groups_cover_the_cell_size_and_every_case() -> None:
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 95)
+    scores = rng.random(95)
+    patients = [f"p{i // 2}" for i in range(95)]  # two images a patient
+    groups = score_groups(labels, scores, patients=patients, min_patients=10)
+    assert sum(g[2] for g in groups) == labels.sum() and sum(g[2] + g[3] for g in groups) == 95
+    assert all(a[1] < b[0] for a, b in zip(groups, groups[1:]))
+    for low, high, _, _ in groups:
+        binned = np.clip(np.digitize(scores, np.linspace(0, 1, SCORE_BINS + 1)[1:-1]), 0, SCORE_BINS - 1)
+        members = np.flatnonzero((binned >= low) & (binned <= high))
+        assert len({patients[i] for i in members}) >= 10
+
+
+def test_a_site_of_fewer_patients_than_the_cell_is_one_group() -> None:
+    groups = score_groups(np.array([1, 0, 1]), np.array([0.1, 0.5, 0.9]), patients=["a", "b", "c"], min_patients=10)
+    assert groups == [(10, 90, 2, 1)]
+
+
+def test_pooled_auroc_from_fine_groups_is_the_exact_pooled_auroc() -> None:
+    rng = np.random.default_rng(5)
+    sites = []
+    for shift in (0.0, 0.1, -0.05):
+        labels = rng.integers(0, 2, 300)
+        scores = np.clip(0.5 + 0.2 * (labels - 0.5) + shift + 0.15 * rng.standard_normal(300), 0, 1)
+        sites.append((labels, scores))
+    released = [(score_groups(l, s, patients=list(range(len(l))), min_patients=1), roc_auc(l, s)) for l, s in sites]
+    pooled = roc_auc(np.concatenate([l for l, _ in sites]), np.concatenate([s for _, s in sites]))
+    assert pooled_auroc(released) == pytest.approx(pooled, abs=1.0 / SCORE_BINS)
+
+
+def test_coarse_groups_pull_the_pooled_auroc_towards_one_half() -> None:
+    rng = np.random.default_rng(6)
+    sites = []
+    for _ in range(3):
+        labels = rng.integers(0, 2, 30)
+        scores = np.clip(0.5 + 0.3 * (labels - 0.5) + 0.1 * rng.standard_normal(30), 0, 1)
+        sites.append((labels, scores))
+    coarse = [(score_groups(l, s, patients=list(range(30)), min_patients=10), roc_auc(l, s)) for l, s in sites]
+    exact = roc_auc(np.concatenate([l for l, _ in sites]), np.concatenate([s for _, s in sites]))
+    assert 0.5 < pooled_auroc(coarse) <= exact
+    assert pooled_auroc([([(0, 99, 0, 5)], None)]) is None  # one class: no AUROC

@@ -95,11 +95,11 @@ def test_a_crafted_model_reads_no_bin_smaller_than_the_cell_size(site: Site) -> 
 
     reply = site.ask("evaluate", RecordDict({Key.ARRAYS: ArrayRecord(weights)}))
     assert not reply.has_error(), reply.error.reason
-    positives = np.asarray(reply.content[Key.METRICS][Key.POSITIVES])
-    negatives = np.asarray(reply.content[Key.METRICS][Key.NEGATIVES])
-    released = positives + negatives
-    assert released.sum() == len(labels) and positives.sum() == exact_positives.sum()
-    assert released[released > 0].min() >= CELL  # one patient per image here: images are patients
+    flat = list(reply.content[Key.METRICS][Key.SCORE_GROUPS])
+    groups = [flat[k : k + 4] for k in range(0, len(flat), 4)]
+    assert sum(g[2] + g[3] for g in groups) == len(labels) and sum(g[2] for g in groups) == exact_positives.sum()
+    assert min(g[2] + g[3] for g in groups) >= CELL  # one patient per image here: images are patients
+    assert all(a[1] < b[0] for a, b in zip(groups, groups[1:]))  # ordered, non-overlapping bin ranges
 
 
 def test_a_round_is_evaluated_once_and_only_if_the_site_trained_in_it(site: Site) -> None:
