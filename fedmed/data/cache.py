@@ -24,13 +24,13 @@ from fedmed.data.dicom import DicomReadError, read_dicom_image
 __all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key"]
 
 # Bump whenever read_dicom_image would return different pixels for the same file.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
 
 _CHUNK_BYTES = 1 << 20
 
 
 class ImageCache:
-    """Decoded (size, size) float32 arrays under `root/<key[:2]>/<key>.npy`.
+    """Decoded (channels, size, size) float32 arrays under `root/<key[:2]>/<key>.npy`.
 
     They are patient images: folders are created owner-only (0700) and files 0600. A site's
     cache lives in its own state folder unless its node config names another.
@@ -41,28 +41,30 @@ class ImageCache:
         self.hits = 0
         self.misses = 0
 
-    def load_or_decode(self, path: Path, *, size: int) -> np.ndarray:
+    def load_or_decode(self, path: Path, *, size: int, channels: int = 1) -> np.ndarray:
         """Return the cached array for `path` at `size`, decoding and storing it on a miss.
 
         Raises:
             DicomReadError: when the file cannot be read or decoded (nothing is stored).
         """
-        key = cache_key(path, size=size)
+        key = cache_key(path, size=size, channels=channels)
         entry = self.root / key[:2] / f"{key}.npy"
-        cached = _load_entry(entry, size)
+        cached = _load_entry(entry, (channels, size, size))
         if cached is not None:
             self.hits += 1
             return cached
         self.misses += 1
-        image = read_dicom_image(path, size=size)
+        image = read_dicom_image(path, size=size, channels=channels)
         _store_entry(entry, image)
         return image
 
 
-def cache_key(path: Path, *, size: int) -> str:
+def cache_key(path: Path, *, size: int, channels: int = 1) -> str:
     """SHA-256 over the file's bytes and the preprocessing parameters."""
     digest = hashlib.sha256()
-    digest.update(f"fedmed-image-cache:v{PREPROCESSING_VERSION}:size={size}:".encode())
+    digest.update(
+        f"fedmed-image-cache:v{PREPROCESSING_VERSION}:size={size}:channels={channels}:".encode()
+    )
     try:
         with open(path, "rb") as handle:
             while chunk := handle.read(_CHUNK_BYTES):
@@ -72,13 +74,13 @@ def cache_key(path: Path, *, size: int) -> str:
     return digest.hexdigest()
 
 
-def _load_entry(entry: Path, size: int) -> np.ndarray | None:
+def _load_entry(entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The cached array, or None when absent or damaged (then it is decoded again)."""
     try:
         image = np.load(entry, allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    if image.shape != (size, size) or image.dtype != np.float32:
+    if image.shape != shape or image.dtype != np.float32:
         return None
     return image
 

@@ -210,7 +210,7 @@ def _row_problem(root: Path, file: str, label: str, split: str, seen: dict[str, 
 
 
 def _image_set(kept: list[tuple[ManifestRow, np.ndarray, DicomMetadata]]) -> ImageSet:
-    images = torch.from_numpy(np.stack([image for _, image, _ in kept]))[:, None]
+    images = torch.from_numpy(np.stack([image for _, image, _ in kept]))
     labels = torch.tensor([row.label for row, _, _ in kept], dtype=torch.float32)
     return ImageSet(
         images=images.contiguous(),

@@ -37,7 +37,14 @@ from pydicom.uid import (
 
 from fedmed.errors import DataError
 
-__all__ = ["DicomMetadata", "DicomReadError", "read_dicom_image", "read_dicom_metadata"]
+__all__ = [
+    "DicomMetadata",
+    "DicomReadError",
+    "decode_pixels",
+    "read_dataset",
+    "read_dicom_image",
+    "read_dicom_metadata",
+]
 
 # Elements whose presence tells a forced read of a real DICOM object from random bytes.
 _EVIDENCE_KEYWORDS = ("SOPClassUID", "Rows", "PixelData")
@@ -73,8 +80,11 @@ class DicomMetadata:
     patient_id: str | None = None
 
 
-def read_dicom_image(path: Path, *, size: int) -> np.ndarray:
-    """Decode `path` into a float32 (size, size) array in [0, 1], high values bright.
+def read_dicom_image(path: Path, *, size: int, channels: int = 1) -> np.ndarray:
+    """Decode `path` into a float32 (channels, size, size) array in [0, 1], high values bright.
+
+    `channels` is 1 (luminance) or 3 (RGB); a grayscale image seen as RGB repeats its one
+    channel, so grayscale and colour sites can train one model.
 
     Raises:
         DicomReadError: for any file that cannot become such an image; the message names
@@ -82,12 +92,16 @@ def read_dicom_image(path: Path, *, size: int) -> np.ndarray:
     """
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
     path = Path(path)
-    ds = _read_dataset(path, stop_before_pixels=False)
+    ds = read_dataset(path, stop_before_pixels=False)
     try:
-        frame = _decode_frame(path, ds)
-        image = _to_unit_range(path, ds, frame)
-        return _resize(image, size)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        stored = decode_pixels(path, ds, frame=frames // 2)  # the middle frame of a multi-frame image
+        image = _to_unit_range(path, ds, stored[..., 0])
+        resized = _resize(image, size)[None]
+        return np.repeat(resized, channels, axis=0) if channels == 3 else resized
     except DicomReadError:
         raise
     except Exception as exc:  # pydicom raises many types on defective values
@@ -106,7 +120,7 @@ def read_dicom_metadata(ds_or_path: Dataset | Path | str) -> DicomMetadata:
     if isinstance(ds_or_path, Dataset):
         ds = ds_or_path
     else:
-        ds = _read_dataset(Path(ds_or_path), stop_before_pixels=True)
+        ds = read_dataset(Path(ds_or_path), stop_before_pixels=True)
     sex = _text(ds, "PatientSex")
     sex = sex.upper() if sex else None
     return DicomMetadata(
@@ -134,7 +148,7 @@ def parse_dicom_age(value: str | None) -> float | None:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _read_dataset(path: Path, *, stop_before_pixels: bool) -> Dataset:
+def read_dataset(path: Path, *, stop_before_pixels: bool) -> Dataset:
     """Read with the standard's preamble check, then once more with force=True without it."""
     if not path.is_file():
         raise DicomReadError(path, "file not found")
@@ -179,8 +193,15 @@ def _infer_transfer_syntax(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _decode_frame(path: Path, ds: Dataset) -> np.ndarray:
-    """Return the stored values of one grayscale frame (the middle one if multi-frame)."""
+def decode_pixels(path: Path, ds: Dataset, *, frame: int | None = None) -> np.ndarray:
+    """The stored values of one frame (rows, columns, samples), or of all (frames, rows, columns, samples).
+
+    Values are as pydicom decodes them, before any Modality LUT; `path` only names the file
+    in errors.
+
+    Raises:
+        DicomReadError: no pixel data, no decoder installed, truncated or undecodable data.
+    """
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomReadError(path, "no pixel data", "no (7FE0,0010) Pixel Data element")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -201,8 +222,8 @@ def _decode_frame(path: Path, ds: Dataset) -> np.ndarray:
             )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
-        if frames > 1:
-            ds.pixel_array_options(index=frames // 2)  # decode the middle frame only
+        if frame is not None and frames > 1:
+            ds.pixel_array_options(index=frame)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
@@ -210,8 +231,16 @@ def _decode_frame(path: Path, ds: Dataset) -> np.ndarray:
         truncated = "less than expected" in str(exc)  # pydicom's words for short pixel data
         reason = "pixel data is truncated" if truncated else "pixel data cannot be decoded"
         raise DicomReadError(path, reason, _short(exc)) from exc
-    if arr.ndim != 2 or min(arr.shape) < 1:
-        raise DicomReadError(path, "pixel data is not a 2-D image", f"shape {arr.shape}")
+    if frame is not None or frames == 1:
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or min(arr.shape) < 1:
+            raise DicomReadError(path, "pixel data is not a 2-D image", f"shape {arr.shape}")
+        return arr if frame is not None else arr[None]
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or min(arr.shape) < 1:
+        raise DicomReadError(path, "pixel data is not a stack of 2-D frames", f"shape {arr.shape}")
     return arr
 
 

@@ -36,7 +36,7 @@ def test_second_load_is_a_hit_without_decoding(
     second = cache.load_or_decode(dicom_files[0], size=16)
     assert (cache.hits, cache.misses) == (1, 1)
     np.testing.assert_array_equal(first, second)
-    assert second.dtype == np.float32 and second.shape == (16, 16)
+    assert second.dtype == np.float32 and second.shape == (1, 16, 16)
 
 
 def test_cache_survives_a_new_instance(dicom_files: list[Path], tmp_path: Path) -> None:

@@ -21,6 +21,12 @@ from fedmed.data.dicom import (
 )
 from fedmed.errors import DataError
 
+
+def read_gray(path: Path, *, size: int) -> np.ndarray:
+    """The one channel of a grayscale read."""
+    return read_dicom_image(path, size=size)[0]
+
+
 RAMP = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 16  # 0..4080, 12 bits
 
 
@@ -58,7 +64,7 @@ class TestReadDicomImage:
             tmp_path / "w.dcm", RescaleSlope=2, RescaleIntercept=-1000,
             WindowCenter=1000, WindowWidth=2000,
         )
-        image = read_dicom_image(path, size=16)
+        image = read_gray(path, size=16)
         values = RAMP.astype(np.float64) * 2 - 1000  # modality values
         expected = np.clip((values - 0.0) / 2000.0, 0.0, 1.0)  # window 0..2000
         assert image.dtype == np.float32 and image.shape == (16, 16)
@@ -67,7 +73,7 @@ class TestReadDicomImage:
 
     def test_without_window_scales_min_to_max(self, tmp_path: Path) -> None:
         arr = (RAMP // 2 + 300).astype(np.uint16)
-        image = read_dicom_image(write_dicom(tmp_path / "m.dcm", arr), size=16)
+        image = read_gray(write_dicom(tmp_path / "m.dcm", arr), size=16)
         expected = (arr - arr.min()) / (arr.max() - arr.min())
         np.testing.assert_allclose(image, expected, atol=1e-6)
 
@@ -75,13 +81,13 @@ class TestReadDicomImage:
         path = write_dicom(
             tmp_path / "multi.dcm", WindowCenter=[1024, 3000], WindowWidth=[2048, 500]
         )
-        image = read_dicom_image(path, size=16)
+        image = read_gray(path, size=16)
         expected = np.clip(RAMP / 2048.0, 0.0, 1.0)
         np.testing.assert_allclose(image, expected, atol=2e-3)
 
     def test_monochrome1_is_inverted(self, tmp_path: Path) -> None:
-        normal = read_dicom_image(write_dicom(tmp_path / "m2.dcm", RAMP), size=16)
-        inverted = read_dicom_image(
+        normal = read_gray(write_dicom(tmp_path / "m2.dcm", RAMP), size=16)
+        inverted = read_gray(
             write_dicom(tmp_path / "m1.dcm", RAMP, photometric="MONOCHROME1"), size=16
         )
         np.testing.assert_allclose(inverted, 1.0 - normal, atol=1e-6)
@@ -90,7 +96,7 @@ class TestReadDicomImage:
     @pytest.mark.parametrize("shape, size", [((40, 30), 16), ((16, 16), 48), ((20, 24), 20)])
     def test_resizes_to_square(self, tmp_path: Path, shape: tuple[int, int], size: int) -> None:
         arr = np.random.default_rng(0).integers(0, 4096, shape, dtype=np.uint16)
-        image = read_dicom_image(write_dicom(tmp_path / "r.dcm", arr), size=size)
+        image = read_gray(write_dicom(tmp_path / "r.dcm", arr), size=size)
         assert image.shape == (size, size) and image.dtype == np.float32
         assert 0.0 <= image.min() and image.max() <= 1.0
 
@@ -99,15 +105,15 @@ class TestReadDicomImage:
         frames[1, :4] = 4000  # only the middle frame has a bright top half
         path = write_dicom(tmp_path / "mf.dcm", frames)
         assert dcmread(path).NumberOfFrames == 3
-        image = read_dicom_image(path, size=8)
+        image = read_gray(path, size=8)
         assert image[:4].min() == 1.0 and image[4:].max() == 0.0
 
     def test_rle_compressed_decodes_with_numpy_alone(self, tmp_path: Path) -> None:
         ds = make_dataset(RAMP)
         ds.compress(RLELossless, generate_instance_uid=False)
         ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
-        image = read_dicom_image(tmp_path / "rle.dcm", size=16)
-        reference = read_dicom_image(write_dicom(tmp_path / "raw.dcm", RAMP), size=16)
+        image = read_gray(tmp_path / "rle.dcm", size=16)
+        reference = read_gray(write_dicom(tmp_path / "raw.dcm", RAMP), size=16)
         np.testing.assert_array_equal(image, reference)
 
     def test_file_without_preamble_is_read(self, tmp_path: Path) -> None:
@@ -116,7 +122,7 @@ class TestReadDicomImage:
         path = tmp_path / "bare.dcm"
         ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
         assert path.read_bytes()[128:132] != b"DICM"
-        image = read_dicom_image(path, size=16)
+        image = read_gray(path, size=16)
         assert image.shape == (16, 16) and image.max() == 1.0
 
 
@@ -125,14 +131,14 @@ class TestReadDicomImageErrors:
         path = write_dicom(tmp_path / "t.dcm")
         path.write_bytes(path.read_bytes()[:-200])
         with pytest.raises(DicomReadError, match="t.dcm: pixel data is truncated"):
-            read_dicom_image(path, size=16)
+            read_gray(path, size=16)
 
     def test_no_pixel_data(self, tmp_path: Path) -> None:
         ds = make_dataset()
         del ds.PixelData
         ds.save_as(tmp_path / "np.dcm", enforce_file_format=True)
         with pytest.raises(DicomReadError, match="no pixel data"):
-            read_dicom_image(tmp_path / "np.dcm", size=16)
+            read_gray(tmp_path / "np.dcm", size=16)
 
     @pytest.mark.parametrize(
         "content", [b"hello, this is a text file\n" * 20, bytes(range(256)) * 8, b""]
@@ -141,11 +147,11 @@ class TestReadDicomImageErrors:
         path = tmp_path / "notes.txt"
         path.write_bytes(content)
         with pytest.raises(DicomReadError, match="notes.txt: not a DICOM file"):
-            read_dicom_image(path, size=16)
+            read_gray(path, size=16)
 
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(DicomReadError, match="file not found"):
-            read_dicom_image(tmp_path / "absent.dcm", size=16)
+            read_gray(tmp_path / "absent.dcm", size=16)
 
     def test_compressed_without_decoder_names_syntax_and_packages(self) -> None:
         path = get_testdata_file("MR_small_jp2klossless.dcm")
@@ -155,7 +161,7 @@ class TestReadDicomImageErrors:
             pytest.skip("a JPEG 2000 decoder is installed, so nothing is missing")
         message = r"no decoder for transfer syntax JPEG 2000.*install one of: .*pylibjpeg"
         with pytest.raises(DicomReadError, match=message):
-            read_dicom_image(Path(path), size=16)
+            read_gray(Path(path), size=16)
 
     def test_colour_image_is_rejected(self, tmp_path: Path) -> None:
         rgb = np.zeros((8, 8, 3), dtype=np.uint8)
@@ -163,24 +169,24 @@ class TestReadDicomImageErrors:
         ds.set_pixel_data(rgb, "RGB", 8, generate_instance_uid=False)
         ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
         with pytest.raises(DicomReadError, match="colour image not supported"):
-            read_dicom_image(tmp_path / "rgb.dcm", size=8)
+            read_gray(tmp_path / "rgb.dcm", size=8)
 
     def test_blank_image(self, tmp_path: Path) -> None:
         path = write_dicom(tmp_path / "blank.dcm", np.full((8, 8), 7, np.uint16))
         with pytest.raises(DicomReadError, match="blank image"):
-            read_dicom_image(path, size=8)
+            read_gray(path, size=8)
 
     def test_invalid_window_width(self, tmp_path: Path) -> None:
         path = write_dicom(tmp_path / "ww.dcm", WindowCenter=100, WindowWidth=0)
         with pytest.raises(DicomReadError, match=r"invalid window.*\(0028,1051\)"):
-            read_dicom_image(path, size=16)
+            read_gray(path, size=16)
 
     def test_invalid_rescale_string_is_a_read_error(self, tmp_path: Path) -> None:
         # An archive defect: a DS value that only fails when the element is read.
         path = write_dicom(tmp_path / "ds.dcm", RescaleSlope="9.25", RescaleIntercept="0")
         path.write_bytes(path.read_bytes().replace(b"9.25", b"abc "))
         with pytest.raises(DicomReadError, match="ds.dcm: invalid image attributes"):
-            read_dicom_image(path, size=16)
+            read_gray(path, size=16)
 
     def test_is_a_data_error(self) -> None:
         assert issubclass(DicomReadError, DataError)
