@@ -28,6 +28,7 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import Section, console, show, to_markdown  # noqa: E402
 
+from fedmed.config import InputConfig
 from fedmed.config import PrivacyConfig  # noqa: E402
 from fedmed.models import available_models, create_model  # noqa: E402
 from fedmed.privacy import plan_privacy, train_private  # noqa: E402
@@ -77,7 +78,7 @@ def step_time(models: list[str], *, samples: int, batch_size: int, image_size: i
             timings = []
             for _ in range(repeats):
                 torch.manual_seed(0)
-                model = create_model(name, image_size=image_size)
+                model = create_model(name, spec=InputConfig(image_size=image_size))
                 started = time.perf_counter()
                 outcome = train_private(
                     model, dataset, plan, history=[], epochs=1, learning_rate=0.1, randomness=make(),
@@ -86,7 +87,7 @@ def step_time(models: list[str], *, samples: int, batch_size: int, image_size: i
                 timings.append((time.perf_counter() - started) / outcome.steps)
             per_step[source] = statistics.median(timings)
         seeded, secure = per_step.values()
-        parameters = sum(p.numel() for p in create_model(name, image_size=image_size).parameters())
+        parameters = sum(p.numel() for p in create_model(name, spec=InputConfig(image_size=image_size)).parameters())
         rows.append([name, f"{parameters:,}", f"{seeded:.3f}", f"{secure:.3f}", f"{secure / seeded:.2f}"])
     return Section(
         f"One DP-SGD step, CPU ({samples} images {image_size}x{image_size}, expected batch {batch_size}): "

@@ -303,7 +303,7 @@ def measure(name: str, *, private: bool, samples: int, repeats: int, batch_size:
     from fedmed.models import create_model
 
     torch.manual_seed(0)
-    model = create_model(name, image_size=image_size, in_channels=1)
+    model = create_model(name, spec=InputConfig(image_size=image_size, channels=1))
     train = train_dp if private else train_plain
     train(model, random_dataset(batch_size, image_size=image_size, seed=1), batch_size=batch_size, device=device)
     dataset = random_dataset(samples, image_size=image_size, seed=2)

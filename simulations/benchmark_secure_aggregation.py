@@ -77,6 +77,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "simulations")]  # fedmed and fl
 
 from tables import Section, console, show, to_markdown  # noqa: E402
 
+from fedmed.config import InputConfig
 from fedmed.federation import secure_rounds  # noqa: E402
 from fedmed.federation.loopback import LoopbackGrid  # noqa: E402
 from fedmed.federation.secure_rounds import RECORD, Field, begin_round, secure_aggregate, site_step  # noqa: E402
@@ -404,19 +405,19 @@ def quickstart_site_round() -> QuickstartRound:
     terms = config.privacy.model_copy(update={"delta": policy.delta, "accountant": policy.accountant})
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.simulation.cpus_per_site)  # as `fedmed simulate` sets FEDMED_TORCH_THREADS
-    load_site_data(site_dir, image_size=config.data.image_size, cache_dir=cache_dir)  # fills the cache, untimed
+    load_site_data(site_dir, spec=config.data, cache_dir=cache_dir)  # fills the cache, untimed
     runs = []
     try:
         for _ in range(2):
             t0 = time.perf_counter()
-            data = load_site_data(site_dir, image_size=config.data.image_size, cache_dir=cache_dir)
+            data = load_site_data(site_dir, spec=config.data, cache_dir=cache_dir)
             t1 = time.perf_counter()
             privacy = plan_privacy(
                 terms, site=QUICKSTART_SITE, n_train=len(data.train), batch_size=training.batch_size,
                 local_epochs=training.local_epochs, rounds=training.rounds,
             )
             t2 = time.perf_counter()
-            model = create_model(config.model.name, image_size=config.data.image_size)
+            model = create_model(config.model.name, spec=config.data)
             outcome = train_private(
                 model, data.train.as_torch_dataset(), privacy, history=[], epochs=training.local_epochs,
                 learning_rate=training.learning_rate, randomness=SecureRandomness(), momentum=training.momentum,

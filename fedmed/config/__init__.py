@@ -8,13 +8,16 @@ from fedmed.config.schema import (
     DeviceName,
     EvaluationConfig,
     ExperimentConfig,
+    InputConfig,
     ModelConfig,
     PrivacyConfig,
+    SampleUnit,
     SecureAggregationConfig,
     SimulationConfig,
     StrategyName,
     SynthesisConfig,
     TrainingConfig,
+    VolumeConfig,
 )
 
 __all__ = [
@@ -22,8 +25,10 @@ __all__ = [
     "DataConfig",
     "DeviceName",
     "ExperimentConfig",
+    "InputConfig",
     "ModelConfig",
     "PrivacyConfig",
+    "SampleUnit",
     "EvaluationConfig",
     "SecureAggregationConfig",
     "SimulationConfig",
@@ -31,6 +36,7 @@ __all__ = [
     "StrategyName",
     "SynthesisConfig",
     "TrainingConfig",
+    "VolumeConfig",
     "load_config",
     "load_site_policy",
 ]

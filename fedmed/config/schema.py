@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -59,20 +59,73 @@ class DeviceName(StrEnum):
     CUDA = "cuda"
 
 
+class SampleUnit(StrEnum):
+    """What one training record is: one image file, or one series read as a volume."""
+
+    IMAGE = "image"
+    SERIES = "series"
+
+
 class SynthesisConfig(Section):
     """Demo hospitals written by ``fedmed synth`` when the data folder is missing."""
 
+    kind: Literal["radiograph", "ct-series"] = "radiograph"
+    """radiograph: one 2-D image per study; ct-series: CT series, one file per slice."""
     images_per_site: Annotated[int, Field(ge=20)] = 600
+    """Studies per site (each a series of ``slices`` files for ct-series)."""
+    slices: Annotated[int, Field(ge=2, le=512)] = 16
     stored_size: Annotated[int, Field(ge=32, le=1024)] = 96
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
     seed: int = 0
 
 
-class DataConfig(Section):
+VolumeSide = Annotated[int, Field(ge=8, le=512)]
+Millimetres = Annotated[float, Field(gt=0, le=50)]
+
+
+class VolumeConfig(Section):
+    """How a series becomes the model's volume: resampled, then windowed to [0, 1]."""
+
+    shape: tuple[VolumeSide, VolumeSide, VolumeSide] = (32, 64, 64)
+    """(depth, height, width) in voxels: every volume is resized to it."""
+    spacing: tuple[Millimetres, Millimetres, Millimetres] | None = None
+    """(slice, row, column) spacing in mm to resample to before the resize; None: as stored."""
+    window: tuple[float, Annotated[float, Field(gt=0)]] | None = None
+    """(centre, width) in modality units (HU for CT); None: the file's own VOI window."""
+
+
+class InputConfig(Section):
+    """What the model sees: it travels in the round plan, so every site prepares the same input."""
+
+    sample: SampleUnit = SampleUnit.IMAGE
+    image_size: ImageSize = 64
+    """Side of the square 2-D input (sample: image)."""
+    channels: Literal[1, 3] = 1
+    """1: luminance (colour images are converted); 3: RGB (grayscale images repeat their channel)."""
+    volume: VolumeConfig = VolumeConfig()
+    """sample: series only."""
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        if self.sample is SampleUnit.SERIES:
+            return tuple(self.volume.shape)
+        return (self.image_size, self.image_size)
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.spatial_shape)
+
+    def input_only(self) -> InputConfig:
+        """This section without any site-local setting (what a round plan carries)."""
+        return InputConfig(
+            sample=self.sample, image_size=self.image_size, channels=self.channels, volume=self.volume
+        )
+
+
+class DataConfig(InputConfig):
     root: Path
     """Folder holding one sub-folder of DICOM studies (and labels.csv) per site."""
     sites: Annotated[list[SiteId], Field(min_length=1)]
-    image_size: ImageSize = 64
     cache_dir: Path | None = None
     """Decoded-image cache; default: each site's own state folder (``<state>/cache``, owner-only)."""
     synthesize: SynthesisConfig | None = None
@@ -89,6 +142,7 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = "small_cnn"
+    """A network for 2-D images (sample: image) or 3-D volumes (sample: series): ``fedmed models``."""
 
     @field_validator("name")
     @classmethod
@@ -211,6 +265,18 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"training.min_sites is {self.training.min_sites} but data.sites lists only "
                 f"{len(self.data.sites)} site(s)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits_input(self) -> ExperimentConfig:
+        from fedmed.models import model_spatial_dims  # MONAI: only when a config is checked
+
+        dims, wanted = model_spatial_dims(self.model.name), self.data.spatial_dims
+        if dims != wanted:
+            raise ValueError(
+                f"model {self.model.name} takes {dims}-D input but data.sample is {self.data.sample} "
+                f"({wanted}-D); `fedmed models` lists the {wanted}-D networks"
             )
         return self
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from fedmed.config.schema import InputConfig
 from fedmed.data.cache import ImageCache
 from fedmed.data.dicom import (
     DicomMetadata,
@@ -88,8 +89,8 @@ class SiteData:
     skipped: list[SkippedFile]
 
 
-def load_site_data(site_dir: Path, *, image_size: int, cache_dir: Path | None = None) -> SiteData:
-    """Read `site_dir/labels.csv` and decode every file it lists (through the cache if given).
+def load_site_data(site_dir: Path, *, spec: InputConfig, cache_dir: Path | None = None) -> SiteData:
+    """Read `site_dir/labels.csv` and decode every record it lists as `spec` says (through the cache if given).
 
     Raises:
         DataError: when the folder or manifest is missing or malformed, or when no train
@@ -114,9 +115,9 @@ def load_site_data(site_dir: Path, *, image_size: int, cache_dir: Path | None = 
         path = site_dir / row.file
         try:
             if cache is not None:
-                image = cache.load_or_decode(path, size=image_size)
+                image = cache.load_or_decode(path, size=spec.image_size, channels=spec.channels)
             else:
-                image = read_dicom_image(path, size=image_size)
+                image = read_dicom_image(path, size=spec.image_size, channels=spec.channels)
             metadata = read_dicom_metadata(path)
         except DicomReadError as exc:
             detail = f" ({exc.detail})" if exc.detail else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmed.config import ExperimentConfig, SitePolicy
+from fedmed.config import ExperimentConfig, InputConfig, SitePolicy
 from fedmed.data import dataset_fingerprint, load_site_data
 from fedmed.privacy.accountant import epsilon_of
 from fedmed.privacy.books import LEDGER_FILE
@@ -30,8 +30,8 @@ def budget_report(
     Raises:
         PrivacyError: the site's ledger is broken (the node would refuse to train anyway).
     """
-    size = experiment.data.image_size if experiment is not None else DEFAULT_IMAGE_SIZE
-    data = load_site_data(data_dir, image_size=size, cache_dir=cache_dir)
+    spec = experiment.data if experiment is not None else InputConfig(image_size=DEFAULT_IMAGE_SIZE)
+    data = load_site_data(data_dir, spec=spec, cache_dir=cache_dir)
     fingerprint = dataset_fingerprint(data)
     entries = verify_ledger_file(state_dir / LEDGER_FILE, load_public_key_file(public_key))
     history = history_for(entries, fingerprint)

@@ -69,7 +69,7 @@ def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
     training = config.training
     sets = [
         load_site_data(
-            config.data.root / site, image_size=config.data.image_size,
+            config.data.root / site, spec=config.data,
             cache_dir=config.data.cache_dir or config.state_root / site / CACHE_DIR,
         ).train
         for site in config.data.sites
@@ -81,7 +81,7 @@ def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
         local_epochs=epochs, rounds=1,
     )
     torch.manual_seed(training.seed)  # the federation's initial model
-    model = create_model(config.model.name, image_size=config.data.image_size)
+    model = create_model(config.model.name, spec=config.data)
     randomness = SeededRandomness(training.seed) if training.unsafe_reproducible else SecureRandomness()
     train_private(
         model, dataset, plan, history=[], epochs=epochs, learning_rate=training.learning_rate,

@@ -22,7 +22,7 @@ from fedmed.config import (
     SecureAggregationConfig,
     TrainingConfig,
 )
-from fedmed.config.schema import ImageSize, Section
+from fedmed.config.schema import InputConfig, Section
 from fedmed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class RoundPlan(Section):
     """The terms the server asks a site to train or evaluate under."""
 
     model: ModelConfig
-    image_size: ImageSize
+    input: InputConfig
     training: TrainingConfig
     privacy: PrivacyConfig
     secure_aggregation: SecureAggregationConfig
@@ -114,7 +114,7 @@ def encode_plan(config: ExperimentConfig) -> ConfigRecord:
     """
     plan = RoundPlan(
         model=config.model,
-        image_size=config.data.image_size,
+        input=config.data.input_only(),
         training=config.training,
         privacy=config.privacy,
         secure_aggregation=config.secure_aggregation,

@@ -182,7 +182,7 @@ class TrainedFederation:
 
 def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, registry: SiteRegistry) -> TrainedFederation:
     torch.manual_seed(config.training.seed)  # the initial model is public: every site receives it
-    model = create_model(config.model.name, image_size=config.data.image_size)
+    model = create_model(config.model.name, spec=config.data)
     strategy = SiteTrackingFedAvg(
         recorder, min_sites=config.min_sites, registry=registry, secure=config.secure_aggregation.enabled,
     )
@@ -205,7 +205,7 @@ def save_model(path: Path, config: ExperimentConfig, arrays: ArrayRecord) -> Non
         {
             "fedmed_version": __version__,
             "model": config.model.name,
-            "image_size": config.data.image_size,
+            "input": config.data.input_only().model_dump(mode="json"),
             "state_dict": state_from_arrays(arrays),
         },
         path,

@@ -90,7 +90,7 @@ def _answer(msg: Message, context: Context, step: Callable[[Message, Context, Si
 
 
 def _load(site: Site, plan: RoundPlan) -> SiteData:
-    data = load_site_data(site.data_dir, image_size=plan.image_size, cache_dir=site.image_cache)
+    data = load_site_data(site.data_dir, spec=plan.input, cache_dir=site.image_cache)
     for skipped in data.skipped:
         log.warning("site %s skipped %s: %s", site.site_id, skipped.path, skipped.reason)
     return data
@@ -98,7 +98,7 @@ def _load(site: Site, plan: RoundPlan) -> SiteData:
 
 def _model(plan: RoundPlan, weights: dict[str, torch.Tensor], *, site: str) -> torch.nn.Module:
     """The network the plan names, with the server's weights, once they are checked."""
-    model = create_model(plan.model.name, image_size=plan.image_size)
+    model = create_model(plan.model.name, spec=plan.input)
     try:
         load_float_state(model, weights)
     except ValueError as error:

@@ -1,4 +1,4 @@
-"""DP-ready MONAI classification networks, by name."""
+"""DP-ready MONAI classification networks for 2-D images and 3-D volumes, by name."""
 
 from fedmed.models import networks as _networks  # noqa: F401  (registers the networks)
 from fedmed.models.registry import (
@@ -8,6 +8,7 @@ from fedmed.models.registry import (
     float_state,
     load_float_state,
     make_dp_compatible,
+    model_spatial_dims,
     register_model,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "float_state",
     "load_float_state",
     "make_dp_compatible",
+    "model_spatial_dims",
     "register_model",
 ]

@@ -9,34 +9,54 @@ with per-sample gradients never reaches a hospital. Networks with in-place resid
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from fedmed.config.schema import InputConfig
 from fedmed.errors import ConfigError, did_you_mean
 
-ModelFactory = Callable[[int, int], nn.Module]
-"""Builds a network for (image_size, in_channels) that outputs one logit per image."""
-
-_REGISTRY: dict[str, ModelFactory] = {}
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+"""Builds a network for (spatial shape, in_channels) that outputs one logit per sample."""
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register a factory under ``name``; a duplicate name is a programming error."""
+@dataclass(frozen=True)
+class _Registered:
+    factory: ModelFactory
+    spatial_dims: int
+
+
+_REGISTRY: dict[str, _Registered] = {}
+
+
+def register_model(name: str, *, spatial_dims: int = 2) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a factory under ``name`` for 2-D images or 3-D volumes; a duplicate name is a programming error."""
 
     def decorate(factory: ModelFactory) -> ModelFactory:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = factory
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"model {name!r}: spatial_dims must be 2 or 3, not {spatial_dims}")
+        _REGISTRY[name] = _Registered(factory, spatial_dims)
         return factory
 
     return decorate
 
 
-def available_models() -> list[str]:
-    """Names of every registered network, sorted."""
-    return sorted(_REGISTRY)
+def available_models(spatial_dims: int | None = None) -> list[str]:
+    """Names of the registered networks (for 2-D or 3-D input only, when given), sorted."""
+    return sorted(name for name, entry in _REGISTRY.items() if spatial_dims in (None, entry.spatial_dims))
+
+
+def model_spatial_dims(name: str) -> int:
+    """2 for an image network, 3 for a volume network.
+
+    Raises:
+        ConfigError: the name is not registered.
+    """
+    return _REGISTRY[check_model_name(name)].spatial_dims
 
 
 def check_model_name(name: str) -> str:
@@ -49,20 +69,26 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def create_model(name: str, *, image_size: int, in_channels: int = 1) -> nn.Module:
-    """Build the registered network ``name``, made and checked DP-compatible.
+def create_model(name: str, *, spec: InputConfig) -> nn.Module:
+    """Build the registered network ``name`` for the input ``spec`` describes, made and checked DP-compatible.
 
     Raises:
-        ConfigError: the name is not registered.
+        ConfigError: the name is not registered, or it takes 2-D input and ``spec`` is 3-D (or the reverse).
     """
-    network = _REGISTRY[check_model_name(name)](image_size, in_channels)
+    entry = _REGISTRY[check_model_name(name)]
+    if entry.spatial_dims != spec.spatial_dims:
+        raise ConfigError(
+            f"model {name} takes {entry.spatial_dims}-D input, not {spec.spatial_dims}-D ({spec.sample}); "
+            f"{spec.spatial_dims}-D networks: {', '.join(available_models(spec.spatial_dims))}"
+        )
+    network = entry.factory(spec.spatial_shape, spec.channels)
     return make_dp_compatible(StandardizedInput(network))
 
 
 class StandardizedInput(nn.Module):
     """Standardise each image to zero mean and unit variance before the network.
 
-    Scanners differ in brightness and contrast; per-image standardisation removes that
+    Scanners differ in brightness and contrast; per-image (per-volume) standardisation removes that
     site signature without learned statistics (nothing to leak, nothing to average), and
     makes SGD on raw [0, 1] intensities converge at all under DP noise.
     """
@@ -72,8 +98,9 @@ class StandardizedInput(nn.Module):
         self.network = network
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        mean = images.mean(dim=(-2, -1), keepdim=True)
-        std = images.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+        spatial = tuple(range(2, images.ndim))  # per sample and channel, 2-D or 3-D
+        mean = images.mean(dim=spatial, keepdim=True)
+        std = images.std(dim=spatial, keepdim=True).clamp_min(1e-6)
         return self.network((images - mean) / std)
 
 

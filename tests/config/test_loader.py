@@ -182,13 +182,13 @@ INVALID = [
         MINIMAL + "model:\n  name: densenet12\n",
         [
             r"model\.name: unknown model 'densenet12' \(did you mean 'densenet121'\?\)",
-            r"available models: densenet121, small_cnn",
+            r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d",
         ],
         id="unknown-model-did-you-mean",
     ),
     pytest.param(
         MINIMAL + "model:\n  name: resnet50\n",
-        [r"model\.name: unknown model 'resnet50'", r"available models: densenet121, small_cnn"],
+        [r"model\.name: unknown model 'resnet50'", r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d"],
         id="unknown-model",
     ),
     pytest.param(

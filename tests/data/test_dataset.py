@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedmed.config import InputConfig
 from fedmed.data.dataset import ImageSet, SkippedFile, load_site_data
 from fedmed.data.synth import synthesize_hospitals
 from fedmed.errors import DataError
@@ -41,7 +42,7 @@ def write_manifest(site: Path, lines: list[str]) -> None:
 
 
 def test_loads_a_synthesized_site(site: Path) -> None:
-    data = load_site_data(site, image_size=SIZE)
+    data = load_site_data(site, spec=InputConfig(image_size=SIZE))
     assert len(data.train) + len(data.test) == N_IMAGES and data.skipped == []
     assert data.site_dir == site
     for part in (data.train, data.test):
@@ -61,7 +62,7 @@ def test_loads_a_synthesized_site(site: Path) -> None:
 
 
 def test_resizes_on_load(site: Path) -> None:
-    assert load_site_data(site, image_size=16).train.images.shape[-2:] == (16, 16)
+    assert load_site_data(site, spec=InputConfig(image_size=16)).train.images.shape[-2:] == (16, 16)
 
 
 def test_corrupt_files_are_skipped_and_listed(site: Path) -> None:
@@ -70,7 +71,7 @@ def test_corrupt_files_are_skipped_and_listed(site: Path) -> None:
     (site / truncated).write_bytes((site / truncated).read_bytes()[:-300])
     (site / text).write_text("this is not an image")
     (site / empty).write_bytes(b"")
-    data = load_site_data(site, image_size=SIZE)
+    data = load_site_data(site, spec=InputConfig(image_size=SIZE))
     assert len(data.train) + len(data.test) == N_IMAGES - 3
     reasons = {s.path: s.reason for s in data.skipped}
     assert set(reasons) == {truncated, text, empty}
@@ -81,27 +82,27 @@ def test_corrupt_files_are_skipped_and_listed(site: Path) -> None:
 
 
 def test_cache_is_used_when_given(site: Path, tmp_path: Path) -> None:
-    first = load_site_data(site, image_size=SIZE, cache_dir=tmp_path / "cache")
+    first = load_site_data(site, spec=InputConfig(image_size=SIZE), cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == N_IMAGES
-    second = load_site_data(site, image_size=SIZE, cache_dir=tmp_path / "cache")
+    second = load_site_data(site, spec=InputConfig(image_size=SIZE), cache_dir=tmp_path / "cache")
     assert torch.equal(first.train.images, second.train.images)
 
 
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"Site folder .*nowhere does not exist"):
-        load_site_data(tmp_path / "nowhere", image_size=SIZE)
+        load_site_data(tmp_path / "nowhere", spec=InputConfig(image_size=SIZE))
 
 
 def test_missing_manifest_says_how_to_make_one(site: Path) -> None:
     (site / "labels.csv").unlink()
     with pytest.raises(DataError, match=r"No labels manifest at .*labels.csv.*file,label,split"):
-        load_site_data(site, image_size=SIZE)
+        load_site_data(site, spec=InputConfig(image_size=SIZE))
 
 
 def test_manifest_without_required_column(site: Path) -> None:
     (site / "labels.csv").write_text("file,label\nimages/x.dcm,1\n")
     with pytest.raises(DataError, match="lacks column.*split"):
-        load_site_data(site, image_size=SIZE)
+        load_site_data(site, spec=InputConfig(image_size=SIZE))
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_bad_manifest_rows_name_the_line(site: Path, bad_line: str, message: str
     line = bad_line.format(good=good, first=first["file"])
     write_manifest(site, [f"{first['file']},{first['label']},{first['split']}", line])
     with pytest.raises(DataError, match=rf"labels.csv has 1 bad row.*{message}"):
-        load_site_data(site, image_size=SIZE)
+        load_site_data(site, spec=InputConfig(image_size=SIZE))
 
 
 def test_site_with_no_usable_image(site: Path) -> None:
@@ -129,7 +130,7 @@ def test_site_with_no_usable_image(site: Path) -> None:
         (site / row["file"]).write_bytes(b"broken")
     message = r"site-a has no usable train image: all \d+ .*not a DICOM file"
     with pytest.raises(DataError, match=message):
-        load_site_data(site, image_size=SIZE)
+        load_site_data(site, spec=InputConfig(image_size=SIZE))
 
 
 def test_site_with_no_usable_test_image(site: Path) -> None:
@@ -137,11 +138,11 @@ def test_site_with_no_usable_test_image(site: Path) -> None:
         if row["split"] == "test":
             (site / row["file"]).write_bytes(b"broken")
     with pytest.raises(DataError, match="site-a has no usable test image"):
-        load_site_data(site, image_size=SIZE)
+        load_site_data(site, spec=InputConfig(image_size=SIZE))
 
 
 def test_site_whose_manifest_lists_no_test_split(site: Path) -> None:
     rows = manifest_rows(site)
     write_manifest(site, [f"{r['file']},{r['label']},train" for r in rows])
     with pytest.raises(DataError, match="has no test image: labels.csv lists none"):
-        load_site_data(site, image_size=SIZE)
+        load_site_data(site, spec=InputConfig(image_size=SIZE))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fedmed.config import InputConfig
 from fedmed.config import ExperimentConfig, SitePolicy
 from fedmed.data import dataset_fingerprint, load_site_data, synthesize_hospitals
 from fedmed.deploy.budget import budget_report
@@ -50,7 +51,7 @@ def test_spend_on_the_books_is_counted(site: tuple[Path, Path, Path]) -> None:
     data_dir, state, key_path = site
     from fedmed.secure.keys import load_signing_key
 
-    data = load_site_data(data_dir, image_size=16, cache_dir=state / "cache")
+    data = load_site_data(data_dir, spec=InputConfig(image_size=16), cache_dir=state / "cache")
     plan = plan_privacy(EXPERIMENT.privacy, site="site-a", n_train=len(data.train), batch_size=16,
                         local_epochs=1, rounds=2)
     books = PrivacyBooks(state, site="site-a", fingerprint=dataset_fingerprint(data), accountant="prv",

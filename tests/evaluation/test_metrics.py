@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from fedmed.config import InputConfig
 from fedmed.evaluation import (
     SCORE_BINS,
     accuracy,
@@ -181,7 +182,7 @@ def test_histogram_auroc_is_none_with_one_class(positives: list[int], negatives:
 @pytest.mark.parametrize("n, batch_size", [(10, 4), (3, 256), (8, 8)])
 def test_predict_scores_are_probabilities(n: int, batch_size: int) -> None:
     torch.manual_seed(0)
-    model = create_model("small_cnn", image_size=16)
+    model = create_model("small_cnn", spec=InputConfig(image_size=16))
     model.train()
     images = torch.rand(n, 1, 16, 16)
     scores = predict_scores(model, images, device=CPU, batch_size=batch_size)
@@ -195,7 +196,7 @@ def test_predict_scores_are_probabilities(n: int, batch_size: int) -> None:
 
 @pytest.mark.filterwarnings("ignore:std\\(\\)")  # standardising an empty batch
 def test_predict_scores_without_images() -> None:
-    model = create_model("small_cnn", image_size=16)
+    model = create_model("small_cnn", spec=InputConfig(image_size=16))
     scores = predict_scores(model, torch.empty(0, 1, 16, 16), device=CPU)
     assert scores.shape == (0,)
 

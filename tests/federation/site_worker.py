@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmed.config import InputConfig
 from fedmed.config import ModelConfig, PrivacyConfig, SecureAggregationConfig, TrainingConfig
 from fedmed.federation import site as site_module
 from fedmed.federation.messages import Key, RoundPlan
@@ -28,7 +29,7 @@ from fedmed.privacy import accountant as accountant_module
 IMAGE_SIZE = 32
 PLAN = RoundPlan(
     model=ModelConfig(name="small_cnn"),
-    image_size=IMAGE_SIZE,
+    input=InputConfig(image_size=IMAGE_SIZE),
     training=TrainingConfig(rounds=4, local_epochs=1, batch_size=16, learning_rate=0.1),
     privacy=PrivacyConfig(target_epsilon=4.0, delta=1e-3, max_grad_norm=1.0),
     secure_aggregation=SecureAggregationConfig(),
@@ -37,7 +38,7 @@ PLAN = RoundPlan(
 
 def train_message(server_round: int) -> Message:
     torch.manual_seed(0)
-    weights = float_state(create_model("small_cnn", image_size=IMAGE_SIZE))
+    weights = float_state(create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE)))
     config = {Key.PLAN: PLAN.model_dump_json(), Key.SERVER_ROUND: server_round}
 
     content = RecordDict({Key.ARRAYS: ArrayRecord(weights), Key.CONFIG: ConfigRecord(config)})

@@ -17,6 +17,7 @@ import yaml
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from client.app import app as client_app
+from fedmed.config import InputConfig
 from fedmed.config import load_config
 from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.evaluation import predict_scores, score_histograms
@@ -51,7 +52,7 @@ class Site:
         self.config = load_config(path)
         prepare_site_keys(self.config)
         self.grid = LoopbackGrid(client_app, {NODE: {Key.PARTITION_ID: 0}}, run_config={Key.CONFIG_PATH: str(path)})
-        self.data = load_site_data(folder / "data" / "site-a", image_size=IMAGE_SIZE, cache_dir=folder / "cache")
+        self.data = load_site_data(folder / "data" / "site-a", spec=InputConfig(image_size=IMAGE_SIZE), cache_dir=folder / "cache")
 
     def ask(self, message_type: str, content: RecordDict, server_round: int = 1) -> Message:
         plan = encode_plan(self.config)
@@ -64,13 +65,13 @@ class Site:
 def crafted_model(scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Random weights, scaled: at the right scale the scores spread so that patients get bins of their own."""
     torch.manual_seed(4)
-    state = float_state(create_model("small_cnn", image_size=IMAGE_SIZE))
+    state = float_state(create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE)))
     return {name: tensor * scale for name, tensor in state.items()}
 
 
 def singletons(site: Site, weights: dict[str, torch.Tensor]) -> tuple[int, np.ndarray, np.ndarray]:
     """Bins holding exactly one test image, were the histogram released as computed."""
-    model = create_model("small_cnn", image_size=IMAGE_SIZE)
+    model = create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE))
     model.load_state_dict(weights, strict=False)
     scores = predict_scores(model, site.data.test.images, device=torch.device("cpu"))
     positives, negatives = score_histograms(site.data.test.labels.numpy(), scores)
@@ -81,7 +82,7 @@ def singletons(site: Site, weights: dict[str, torch.Tensor]) -> tuple[int, np.nd
 def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     site = Site(tmp_path_factory.mktemp("site"))
     torch.manual_seed(0)
-    start = ArrayRecord(float_state(create_model("small_cnn", image_size=IMAGE_SIZE)))
+    start = ArrayRecord(float_state(create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE))))
     trained = site.ask("train", RecordDict({Key.ARRAYS: start}))
     assert not trained.has_error(), trained.error.reason
     return site

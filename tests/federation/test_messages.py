@@ -9,6 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
+from fedmed.config import InputConfig
 from fedmed.config import ExperimentConfig, load_config
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import (
@@ -51,13 +52,15 @@ def test_plan_round_trips(quickstart: ExperimentConfig) -> None:
     assert plan.training == quickstart.training
     assert plan.privacy == quickstart.privacy
     assert plan.secure_aggregation == quickstart.secure_aggregation
-    assert plan.image_size == quickstart.data.image_size == 64
+    assert plan.input.image_size == quickstart.data.image_size == 64 and plan.input.channels == 1
+    assert plan.input == quickstart.data.input_only()
     assert plan.privacy.target_epsilon == 8.0 and plan.privacy.delta == 1e-5
 
 
 def test_plan_leaves_site_details_at_the_server(quickstart: ExperimentConfig) -> None:
     payload = plan_json(quickstart)
-    assert set(payload) == {"model", "image_size", "training", "privacy", "secure_aggregation", "evaluation"}
+    assert set(payload) == {"model", "input", "training", "privacy", "secure_aggregation", "evaluation"}
+    assert set(payload["input"]) == {"sample", "image_size", "channels", "volume"}
     assert "quickstart" not in json.dumps(payload)  # no data paths or run name
 
 
@@ -139,7 +142,7 @@ def test_missing_or_unparsable_plan_is_refused(record: ConfigRecord) -> None:
 @pytest.mark.parametrize("image_size", [0, -64, 8, 100_000])
 def test_tampered_image_size_is_refused(quickstart: ExperimentConfig, image_size: int) -> None:
     plan = plan_json(quickstart)
-    plan["image_size"] = image_size
+    plan["input"]["image_size"] = image_size
     with pytest.raises(ConfigError, match="image_size"):
         decode_plan(record_with(plan))
 
@@ -177,7 +180,7 @@ def test_arrays_from_state_detaches_and_copies_to_cpu() -> None:
 
 
 def test_model_weights_round_trip() -> None:
-    source, target = create_model("small_cnn", image_size=16), create_model("small_cnn", image_size=16)
+    source, target = create_model("small_cnn", spec=InputConfig(image_size=16)), create_model("small_cnn", spec=InputConfig(image_size=16))
     back = state_from_arrays(arrays_from_state(float_state(source)))
     target.load_state_dict(back, strict=False)
     for name, tensor in float_state(source).items():

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
+from fedmed.config import InputConfig
 from fedmed.config import load_config
 from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.federation.messages import Key, encode_plan
@@ -67,7 +68,7 @@ def one_step_round(folder: Path, hospital: Path, *, unsafe: bool) -> tuple[dict,
     config = load_config(config_path)
     prepare_site_keys(config)
     torch.manual_seed(config.training.seed)
-    sent = float_state(create_model("small_cnn", image_size=IMAGE_SIZE))
+    sent = float_state(create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE)))
     plan = encode_plan(config)
     plan[Key.SERVER_ROUND] = 1
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 3, 1, 0
@@ -77,11 +78,11 @@ def one_step_round(folder: Path, hospital: Path, *, unsafe: bool) -> tuple[dict,
     assert not reply.has_error(), reply.error.reason
     released = reply.content[Key.ARRAYS].to_torch_state_dict()
 
-    data = load_site_data(hospital / "site-a", image_size=IMAGE_SIZE, cache_dir=folder / "cache")
+    data = load_site_data(hospital / "site-a", spec=InputConfig(image_size=IMAGE_SIZE), cache_dir=folder / "cache")
     privacy = plan_privacy(config.privacy, site="site-a", n_train=len(data.train), batch_size=1000,
                            local_epochs=1, rounds=1)
     assert privacy.sample_rate == 1.0 and privacy.steps_per_round == 1
-    model = create_model("small_cnn", image_size=IMAGE_SIZE)
+    model = create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE))
     model.load_state_dict(sent, strict=False)
     train_private(model, data.train.as_torch_dataset(), privacy, history=[], epochs=1, learning_rate=LEARNING_RATE,
                   randomness=NoNoise(), device=torch.device("cpu"))
@@ -99,7 +100,7 @@ def attack(sent: dict, released: dict, clean: dict, info: object) -> tuple[float
     """Error of the recovered clipped-gradient sum, and the norm of the noise it hides under."""
     n, privacy, seed = info
     std = privacy.noise_multiplier * privacy.max_grad_norm
-    names = [name for name in sent if name in dict(create_model("small_cnn", image_size=IMAGE_SIZE).named_parameters())]
+    names = [name for name in sent if name in dict(create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE)).named_parameters())]
     noise = replayed_noise(names, {k: sent[k].shape for k in names}, n, seed, std)
     error, size = 0.0, 0
     for name in names:

@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
+from fedmed.config import InputConfig
 from fedmed.config import load_config
 from fedmed.data import synthesize_hospitals
 from fedmed.federation.loopback import LoopbackGrid
@@ -115,7 +116,7 @@ class Run:
 
 def initial_model(run: Run) -> dict[str, torch.Tensor]:
     torch.manual_seed(run.config.training.seed)  # as the ServerApp builds it
-    return float_state(create_model(run.config.model.name, image_size=run.config.data.image_size))
+    return float_state(create_model(run.config.model.name, spec=run.config.data))
 
 
 def weighted_mean(plain: Run, sites: list[str]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from fedmed.config import InputConfig
 from fedmed.data import synthesize_hospitals
 from fedmed.models import create_model, load_float_state
 
@@ -161,7 +162,7 @@ def test_run_folder_passes_the_audit_and_states_the_guarantee(
 def test_model_file_holds_the_float_weights(federation: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     _, out = federation
     saved = torch.load(out / "model.pt", weights_only=True)
-    model = create_model(saved["model"], image_size=saved["image_size"])
+    model = create_model(saved["model"], spec=InputConfig.model_validate(saved["input"]))
     load_float_state(model, saved["state_dict"])
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedmed.config import InputConfig
 from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.federation.node import SIGNING_KEY_FILE
 from fedmed.privacy import epsilon_of, plan_privacy
@@ -60,7 +61,7 @@ def run_round(site_dir: Path, books: tuple[Path, Path], server_round: int, crash
 
 
 def epsilon_after(site_dir: Path, rounds: int) -> float:
-    data = load_site_data(site_dir, image_size=IMAGE_SIZE)
+    data = load_site_data(site_dir, spec=InputConfig(image_size=IMAGE_SIZE))
     plan = plan_privacy(
         PLAN.privacy, site="site-a", n_train=len(data.train), batch_size=PLAN.training.batch_size,
         local_epochs=PLAN.training.local_epochs, rounds=PLAN.training.rounds,

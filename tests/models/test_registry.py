@@ -11,6 +11,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedmed.config import InputConfig, SampleUnit, VolumeConfig
 from fedmed.errors import ConfigError
 from fedmed.models import (
     available_models,
@@ -19,6 +20,7 @@ from fedmed.models import (
     float_state,
     load_float_state,
     make_dp_compatible,
+    model_spatial_dims,
     networks,
     register_model,
 )
@@ -28,19 +30,28 @@ IMAGE_SIZE = 32
 """Smallest size every network takes: DenseNet121 downsamples 32x (at 16x16 it fails)."""
 
 
+def spec_for(name: str) -> InputConfig:
+    """The smallest input each network takes: 32x32 images, or 32x32x32 volumes for a 3-D one."""
+    if model_spatial_dims(name) == 3:
+        return InputConfig(sample=SampleUnit.SERIES, volume=VolumeConfig(shape=(IMAGE_SIZE,) * 3))
+    return InputConfig(image_size=IMAGE_SIZE)
+
+
 def test_registered_models() -> None:
     names = available_models()
     assert names == sorted(names)
-    assert {"small_cnn", "densenet121"} <= set(names)
+    assert {"small_cnn", "densenet121"} <= set(available_models(2))
+    assert {"small_cnn_3d", "densenet121_3d"} <= set(available_models(3))
+    assert set(available_models(2)) | set(available_models(3)) == set(names)
 
 
 @pytest.mark.parametrize("name", available_models())
 def test_one_dp_sgd_step_gives_finite_grads(name: str) -> None:
-    size = IMAGE_SIZE
+    spec = spec_for(name)
     torch.manual_seed(0)
-    model = create_model(name, image_size=size)
+    model = create_model(name, spec=spec)
     before = {k: v.clone() for k, v in float_state(model).items()}
-    dataset = TensorDataset(torch.rand(2, 1, size, size), torch.tensor([0.0, 1.0]))
+    dataset = TensorDataset(torch.rand(2, 1, *spec.spatial_shape), torch.tensor([0.0, 1.0]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure RNG off; full backward hook on inputs
@@ -67,7 +78,7 @@ def test_one_dp_sgd_step_gives_finite_grads(name: str) -> None:
 
 @pytest.mark.parametrize("name", available_models())
 def test_created_models_are_dp_ready(name: str) -> None:
-    model = create_model(name, image_size=IMAGE_SIZE)
+    model = create_model(name, spec=spec_for(name))
     modules = list(model.modules())
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules)
     assert not any(getattr(m, "inplace", False) for m in modules)
@@ -76,8 +87,18 @@ def test_created_models_are_dp_ready(name: str) -> None:
 
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_small_cnn_output_shape(in_channels: int) -> None:
-    model = create_model("small_cnn", image_size=16, in_channels=in_channels)
+    model = create_model("small_cnn", spec=InputConfig(image_size=16, channels=in_channels))
     assert model(torch.rand(5, in_channels, 16, 16)).shape == (5, 1)
+
+
+def test_a_network_refuses_input_of_the_other_dimension() -> None:
+    volume = InputConfig(sample=SampleUnit.SERIES, volume=VolumeConfig(shape=(16, 16, 16)))
+    with pytest.raises(ConfigError, match=r"model small_cnn takes 2-D input, not 3-D \(series\); 3-D networks: densenet121_3d, small_cnn_3d"):
+        create_model("small_cnn", spec=volume)
+    with pytest.raises(ConfigError, match="model small_cnn_3d takes 3-D input, not 2-D"):
+        create_model("small_cnn_3d", spec=InputConfig(image_size=16))
+    model = create_model("small_cnn_3d", spec=volume)
+    assert model(torch.rand(3, 1, 16, 16, 16)).shape == (3, 1)
 
 
 def bn_relu_net() -> nn.Module:
@@ -111,12 +132,12 @@ def test_make_dp_compatible_fixes_batchnorm_and_inplace() -> None:
     [
         ("densenet12", r"unknown model 'densenet12' \(did you mean 'densenet121'\?\); available models: "),
         ("small-cnn", r"unknown model 'small-cnn' \(did you mean 'small_cnn'\?\)"),
-        ("resnet50", r"unknown model 'resnet50'; available models: densenet121, small_cnn"),
+        ("resnet50", r"unknown model 'resnet50'; available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d"),
     ],
 )
 def test_unknown_name(name: str, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
-        create_model(name, image_size=32)
+        create_model(name, spec=InputConfig(image_size=32))
     with pytest.raises(ConfigError, match=pattern):
         check_model_name(name)
 
@@ -129,23 +150,23 @@ def test_check_model_name_returns_known_names() -> None:
 def test_register_rejects_duplicate_name() -> None:
     before = available_models()
     with pytest.raises(ValueError, match="model 'small_cnn' is already registered"):
-        register_model("small_cnn")(lambda image_size, in_channels: bn_relu_net())
+        register_model("small_cnn")(lambda shape, in_channels: bn_relu_net())
     assert available_models() == before
-    assert registry_module._REGISTRY["small_cnn"] is networks.small_cnn  # not replaced
+    assert registry_module._REGISTRY["small_cnn"].factory is networks.small_cnn  # not replaced
 
 
 def test_registered_factory_is_made_dp_compatible(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[tuple[int, ...], int]] = []
 
     @register_model("test_bn_net")
-    def factory(image_size: int, in_channels: int) -> nn.Module:
-        seen.append((image_size, in_channels))
+    def factory(shape: tuple[int, ...], in_channels: int) -> nn.Module:
+        seen.append((shape, in_channels))
         return bn_relu_net()
 
     assert "test_bn_net" in available_models()
-    model = create_model("test_bn_net", image_size=24)
-    assert seen == [(24, 1)]
+    model = create_model("test_bn_net", spec=InputConfig(image_size=24))
+    assert seen == [((24, 24), 1)]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert not any(getattr(m, "inplace", False) for m in model.modules())
 

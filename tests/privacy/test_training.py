@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from fedmed.config import InputConfig
 from fedmed.config import PrivacyConfig
 from fedmed.models import create_model, float_state
 from fedmed.privacy.accountant import MechanismStep, epsilon_of
@@ -43,7 +44,7 @@ def make_plan(*, noise: float = 1.0, accountant: str = "rdp") -> PrivacyPlan:
 
 def make_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return create_model("small_cnn", image_size=SIZE)
+    return create_model("small_cnn", spec=InputConfig(image_size=SIZE))
 
 
 def train(

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.cli.build import build_fab_from_disk
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmed.config import InputConfig
 import fedmed
 from client.app import app as client_app
 from fedmed.config import (
@@ -274,12 +275,12 @@ def test_code_not_listed_is_refused(simulated: bool, approved: list[str]) -> Non
 
 def train_message() -> Message:
     plan = RoundPlan(
-        model=ModelConfig(name="small_cnn"), image_size=16,
+        model=ModelConfig(name="small_cnn"), input=InputConfig(image_size=16),
         training=TrainingConfig(rounds=1, local_epochs=1, batch_size=16),
         privacy=PrivacyConfig(noise_multiplier=1.0, delta=1e-3),
         secure_aggregation=SecureAggregationConfig(enabled=False),
     )
-    weights = float_state(create_model("small_cnn", image_size=16))
+    weights = float_state(create_model("small_cnn", spec=InputConfig(image_size=16)))
     content = RecordDict({
         Key.ARRAYS: ArrayRecord(weights),
         Key.CONFIG: ConfigRecord({Key.PLAN: plan.model_dump_json(), Key.SERVER_ROUND: 1}),
