@@ -18,8 +18,10 @@ from fedmed.data.dicom import (
 )
 from fedmed.data.fingerprint import dataset_fingerprint
 from fedmed.data.synth import SITE_PROFILES, SiteProfile, synthesize_hospitals
+from fedmed.data.synth_ct import CT_SITE_PROFILES, synthesize_ct_hospitals
 
 __all__ = [
+    "CT_SITE_PROFILES",
     "PREPROCESSING_VERSION",
     "SITE_PROFILES",
     "DicomMetadata",
@@ -38,5 +40,6 @@ __all__ = [
     "read_dicom_metadata",
     "read_manifest",
     "render_report",
+    "synthesize_ct_hospitals",
     "synthesize_hospitals",
 ]

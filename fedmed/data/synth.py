@@ -42,7 +42,12 @@ __all__ = [
     "FEMALE_LESION_CONTRAST",
     "SITE_PROFILES",
     "SiteProfile",
+    "check_site_dir",
+    "draw_labels",
+    "draw_test_split",
+    "low_frequency",
     "site_names",
+    "soft_step",
     "synthesize_hospitals",
 ]
 
@@ -151,7 +156,7 @@ def synthesize_hospitals(
     out_dir = Path(out_dir)
     site_dirs = [out_dir / name for name in site_names(n_sites)]
     for site_dir in site_dirs:  # refuse before writing anything
-        _check_site_dir(site_dir, overwrite=overwrite)
+        check_site_dir(site_dir, overwrite=overwrite)
 
     # Our values are valid by construction; skipping pydicom's per-value checks halves the
     # writing time.
@@ -180,7 +185,7 @@ def _check_arguments(n_sites: int, images: int, size: int, test_fraction: float)
         raise FedmedError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
 
 
-def _check_site_dir(site_dir: Path, *, overwrite: bool) -> None:
+def check_site_dir(site_dir: Path, *, overwrite: bool) -> None:
     if site_dir.exists() and any(site_dir.iterdir()) and not overwrite:
         raise DataError(
             f"Site folder {site_dir} already has files; choose an empty output folder "
@@ -213,8 +218,8 @@ def _write_site(
     site_index = string.ascii_lowercase.index(name[-1])
     rng = np.random.default_rng([seed, site_index])
     size = max(16, round(image_size * profile.size_scale))
-    labels = _draw_labels(rng, n_images, profile.prevalence)
-    test = _draw_test_split(rng, labels, test_fraction)
+    labels = draw_labels(rng, n_images, profile.prevalence)
+    test = draw_test_split(rng, labels, test_fraction)
     sexes = np.where(rng.random(n_images) < 0.5, "F", "M")
     ages = np.clip(np.round(rng.normal(58.0, 16.0, n_images)), 18, 95).astype(int)
     contrast = np.full(n_images, profile.contrast)
@@ -245,7 +250,7 @@ def _write_site(
         writer.writerows(rows)
 
 
-def _draw_labels(rng: np.random.Generator, n: int, prevalence: float) -> np.ndarray:
+def draw_labels(rng: np.random.Generator, n: int, prevalence: float) -> np.ndarray:
     """Exactly round(prevalence * n) positives (at least one of each class), shuffled."""
     positives = min(n - 1, max(1, round(prevalence * n)))
     labels = np.zeros(n, dtype=np.int64)
@@ -253,7 +258,7 @@ def _draw_labels(rng: np.random.Generator, n: int, prevalence: float) -> np.ndar
     return rng.permutation(labels)
 
 
-def _draw_test_split(rng: np.random.Generator, labels: np.ndarray, fraction: float) -> np.ndarray:
+def draw_test_split(rng: np.random.Generator, labels: np.ndarray, fraction: float) -> np.ndarray:
     """Stratified by label, so every site's test set has both classes."""
     test = np.zeros(len(labels), dtype=bool)
     for value in (0, 1):
@@ -280,12 +285,12 @@ def _draw_images(
     def draw(low: float, high: float) -> np.ndarray:
         return rng.uniform(low, high, (n, 1, 1)).astype(f32)
 
-    images = 0.62 + _low_frequency(rng, n, size, grid=5) * f32(0.05)
+    images = 0.62 + low_frequency(rng, n, size, grid=5) * f32(0.05)
     lung_y, lung_dx = draw(0.46, 0.54), draw(0.17, 0.23)
     half_h, half_w = draw(0.26, 0.34), draw(0.11, 0.15)
     for centre_x in (0.5 - lung_dx, 0.5 + lung_dx):
         ellipse = ((yy - lung_y) / half_h) ** 2 + ((xx - centre_x) / half_w) ** 2
-        lung = _soft_step((1.0 - ellipse) * f32(8.0))
+        lung = soft_step((1.0 - ellipse) * f32(8.0))
         ribs = f32(0.04) * np.sin(f32(2 * np.pi) * (yy * draw(6.0, 8.0) + draw(0.0, 1.0)))
         images -= lung * (f32(0.28) - ribs)
     images += f32(0.08) * np.exp(-(((xx - draw(0.48, 0.52)) / f32(0.05)) ** 2))
@@ -295,17 +300,17 @@ def _draw_images(
     amplitude = (_LESION_AMPLITUDE * contrast[:, None, None]).astype(f32) * draw(0.85, 1.15)
     amplitude *= labels[:, None, None].astype(f32)
     distance = np.sqrt((yy - centre_y) ** 2 + (xx - centre_x) ** 2)
-    images += amplitude * _soft_step((radius - distance) / (f32(0.12) * radius))
+    images += amplitude * soft_step((radius - distance) / (f32(0.12) * radius))
     images += rng.standard_normal((n, size, size), dtype=f32) * f32(noise)
     return images
 
 
-def _soft_step(z: np.ndarray) -> np.ndarray:
+def soft_step(z: np.ndarray) -> np.ndarray:
     """The logistic function written with tanh, which cannot overflow."""
     return 0.5 + 0.5 * np.tanh(0.5 * z)
 
 
-def _low_frequency(rng: np.random.Generator, n: int, size: int, *, grid: int) -> np.ndarray:
+def low_frequency(rng: np.random.Generator, n: int, size: int, *, grid: int) -> np.ndarray:
     """Smooth random fields: a coarse normal grid, bilinearly upsampled (A @ G @ A.T)."""
     coarse = rng.standard_normal((n, grid, grid), dtype=np.float32)
     position = (np.arange(size) + 0.5) / size * (grid - 1)

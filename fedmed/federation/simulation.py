@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmed.config import ExperimentConfig
-from fedmed.data import synthesize_hospitals
+from fedmed.data import synthesize_ct_hospitals, synthesize_hospitals
 from fedmed.data.synth import site_names
 from fedmed.errors import DataError
 from fedmed.federation.baselines import train_baselines
@@ -36,10 +36,16 @@ def prepare_site_folders(config: ExperimentConfig, *, announce: Callable[[str], 
             )
         announce(f"writing demo hospitals to {data.root} (data.synthesize)")
         synth = data.synthesize
-        synthesize_hospitals(
-            data.root, n_sites=len(data.sites), images_per_site=synth.images_per_site,
-            image_size=synth.stored_size, test_fraction=synth.test_fraction, seed=synth.seed,
-        )
+        if synth.kind == "ct-series":
+            synthesize_ct_hospitals(
+                data.root, n_sites=len(data.sites), studies_per_site=synth.images_per_site, slices=synth.slices,
+                image_size=synth.stored_size, test_fraction=synth.test_fraction, seed=synth.seed,
+            )
+        else:
+            synthesize_hospitals(
+                data.root, n_sites=len(data.sites), images_per_site=synth.images_per_site,
+                image_size=synth.stored_size, test_fraction=synth.test_fraction, seed=synth.seed,
+            )
     if not data.root.is_dir():
         raise DataError(
             f"data.root {data.root} does not exist; create it with one folder per site, or "
