@@ -28,8 +28,10 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import Section, console, show, to_markdown  # noqa: E402
 
-from fedmed.config import InputConfig
-from fedmed.config import PrivacyConfig  # noqa: E402
+from fedmed.config import (
+    InputConfig,
+    PrivacyConfig,  # noqa: E402
+)
 from fedmed.models import available_models, create_model  # noqa: E402
 from fedmed.privacy import plan_privacy, train_private  # noqa: E402
 from fedmed.privacy.randomness import SecureRandomness, SeededRandomness  # noqa: E402

@@ -77,7 +77,6 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "simulations")]  # fedmed and fl
 
 from tables import Section, console, show, to_markdown  # noqa: E402
 
-from fedmed.config import InputConfig
 from fedmed.federation import secure_rounds  # noqa: E402
 from fedmed.federation.loopback import LoopbackGrid  # noqa: E402
 from fedmed.federation.secure_rounds import RECORD, Field, begin_round, secure_aggregate, site_step  # noqa: E402

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.config import InputConfig
-from fedmed.config import ExperimentConfig, SitePolicy
+from fedmed.config import ExperimentConfig, InputConfig, SitePolicy
 from fedmed.data import dataset_fingerprint, load_site_data, synthesize_hospitals
 from fedmed.deploy.budget import budget_report
 from fedmed.privacy import epsilon_of, plan_privacy

@@ -19,8 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmed.config import InputConfig
-from fedmed.config import ModelConfig, PrivacyConfig, SecureAggregationConfig, TrainingConfig
+from fedmed.config import InputConfig, ModelConfig, PrivacyConfig, SecureAggregationConfig, TrainingConfig
 from fedmed.federation import site as site_module
 from fedmed.federation.messages import Key, RoundPlan
 from fedmed.models import create_model, float_state

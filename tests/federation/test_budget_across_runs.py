@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmed.config import InputConfig
-from fedmed.config import PrivacyConfig
+from fedmed.config import InputConfig, PrivacyConfig
 from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.privacy import epsilon_of, plan_privacy
 from fedmed.privacy.accountant import MechanismStep

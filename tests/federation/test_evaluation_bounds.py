@@ -17,8 +17,7 @@ import yaml
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from client.app import app as client_app
-from fedmed.config import InputConfig
-from fedmed.config import load_config
+from fedmed.config import InputConfig, load_config
 from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.evaluation import predict_scores, score_histograms
 from fedmed.federation.loopback import LoopbackGrid

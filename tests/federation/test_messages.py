@@ -9,8 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from fedmed.config import InputConfig
-from fedmed.config import ExperimentConfig, load_config
+from fedmed.config import ExperimentConfig, InputConfig, load_config
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import (
     Key,

@@ -19,8 +19,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
-from fedmed.config import InputConfig
-from fedmed.config import load_config
+from fedmed.config import InputConfig, load_config
 from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.federation.messages import Key, encode_plan
 from fedmed.federation.simulation import prepare_site_keys

@@ -20,7 +20,6 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
-from fedmed.config import InputConfig
 from fedmed.config import load_config
 from fedmed.data import synthesize_hospitals
 from fedmed.federation.loopback import LoopbackGrid

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from fedmed.config import InputConfig
-from fedmed.config import PrivacyConfig
+from fedmed.config import InputConfig, PrivacyConfig
 from fedmed.models import create_model, float_state
 from fedmed.privacy.accountant import MechanismStep, epsilon_of
 from fedmed.privacy.plan import PrivacyPlan, plan_privacy

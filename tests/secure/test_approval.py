@@ -21,10 +21,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.cli.build import build_fab_from_disk
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmed.config import InputConfig
 import fedmed
 from client.app import app as client_app
 from fedmed.config import (
+    InputConfig,
     ModelConfig,
     PrivacyConfig,
     SecureAggregationConfig,
