@@ -300,6 +300,7 @@ class Throughput:
 def measure(name: str, *, private: bool, samples: int, repeats: int, batch_size: int, image_size: int,
             device: torch.device) -> Throughput:
     """Warm up on one batch, then time ``repeats`` epochs of ``samples`` random images."""
+    from fedmed.config import InputConfig
     from fedmed.models import create_model
 
     torch.manual_seed(0)
