@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from fedmed.models import available_models, check_model_name
 
-    models = [check_model_name(name) for name in args.models] if args.models else available_models()
+    models = [check_model_name(name) for name in args.models] if args.models else available_models(2)
     samples = samples_per_model(args, models)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
