@@ -1,9 +1,9 @@
-"""An on-disk cache of decoded images, so later epochs and runs do not decode DICOM again.
+"""An on-disk cache of decoded images and volumes, so later epochs and runs do not decode DICOM again.
 
-The key is the SHA-256 of the file's bytes plus the preprocessing parameters, so an edited
-file, another size or a change to the pixel pipeline (bump `PREPROCESSING_VERSION`) misses
-instead of serving a stale array. Files are identified by content, not path: renaming or
-moving a site folder keeps its cache.
+The key is the SHA-256 of the files' bytes (one file for an image, every slice in order for a
+volume) plus the preprocessing parameters, so an edited file, another size or a change to
+the pixel pipeline (bump `PREPROCESSING_VERSION`) misses instead of serving a stale array.
+Files are identified by content, not path: renaming or moving a site folder keeps its cache.
 
 Failures are not cached: a file that could not be decoded is tried again next time, so
 installing a missing decoder (pylibjpeg, pillow, gdcm) takes effect without clearing anything.
@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fedmed.data.dicom import DicomReadError, read_dicom_image
 
-__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key"]
+__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key", "content_key"]
 
 # Bump whenever read_dicom_image would return different pixels for the same file.
 PREPROCESSING_VERSION = 2
@@ -30,7 +31,7 @@ _CHUNK_BYTES = 1 << 20
 
 
 class ImageCache:
-    """Decoded (channels, size, size) float32 arrays under `root/<key[:2]>/<key>.npy`.
+    """Decoded float32 arrays ((channels, size, size) images, (1, D, H, W) volumes) under `root/<key[:2]>/<key>.npy`.
 
     They are patient images: folders are created owner-only (0700) and files 0600. A site's
     cache lives in its own state folder unless its node config names another.
@@ -48,29 +49,44 @@ class ImageCache:
             DicomReadError: when the file cannot be read or decoded (nothing is stored).
         """
         key = cache_key(path, size=size, channels=channels)
+        return self.load_or_compute(
+            key, (channels, size, size), lambda: read_dicom_image(path, size=size, channels=channels)
+        )
+
+    def load_or_compute(self, key: str, shape: tuple[int, ...], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The array stored under `key` if it has `shape`, else `compute()`, stored (failures are not)."""
         entry = self.root / key[:2] / f"{key}.npy"
-        cached = _load_entry(entry, (channels, size, size))
+        cached = _load_entry(entry, shape)
         if cached is not None:
             self.hits += 1
             return cached
         self.misses += 1
-        image = read_dicom_image(path, size=size, channels=channels)
-        _store_entry(entry, image)
-        return image
+        array = np.ascontiguousarray(compute(), dtype=np.float32)
+        _store_entry(entry, array)
+        return array
 
 
 def cache_key(path: Path, *, size: int, channels: int = 1) -> str:
-    """SHA-256 over the file's bytes and the preprocessing parameters."""
+    """SHA-256 over the file's bytes and the image preprocessing parameters."""
+    return content_key([path], f"image:size={size}:channels={channels}")
+
+
+def content_key(paths: Sequence[Path], parameters: str) -> str:
+    """SHA-256 over the pipeline version, `parameters` and each file's length and bytes, in order.
+
+    Raises:
+        DicomReadError: a file cannot be read.
+    """
     digest = hashlib.sha256()
-    digest.update(
-        f"fedmed-image-cache:v{PREPROCESSING_VERSION}:size={size}:channels={channels}:".encode()
-    )
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK_BYTES):
-                digest.update(chunk)
-    except OSError as exc:
-        raise DicomReadError(path, "file not found or unreadable", exc.strerror) from exc
+    digest.update(f"fedmed-image-cache:v{PREPROCESSING_VERSION}:{parameters}:".encode())
+    for path in paths:
+        try:
+            digest.update(f"{os.path.getsize(path)}:".encode())  # file boundaries count
+            with open(path, "rb") as handle:
+                while chunk := handle.read(_CHUNK_BYTES):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise DicomReadError(path, "file not found or unreadable", exc.strerror) from exc
     return digest.hexdigest()
 
 
