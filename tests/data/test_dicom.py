@@ -163,13 +163,16 @@ class TestReadDicomImageErrors:
         with pytest.raises(DicomReadError, match=message):
             read_gray(Path(path), size=16)
 
-    def test_colour_image_is_rejected(self, tmp_path: Path) -> None:
+    def test_colour_space_pydicom_does_not_convert_is_refused(self, tmp_path: Path) -> None:
+        # Colour is read since issue 13 (tests/data/test_colour.py); a colour space that
+        # pydicom's decoding leaves unconverted is still refused, naming the tag.
         rgb = np.zeros((8, 8, 3), dtype=np.uint8)
         ds = make_dataset(np.zeros((8, 8), np.uint16))
         ds.set_pixel_data(rgb, "RGB", 8, generate_instance_uid=False)
-        ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=True)
-        with pytest.raises(DicomReadError, match="colour image not supported"):
-            read_gray(tmp_path / "rgb.dcm", size=8)
+        ds.PhotometricInterpretation = "YBR_PARTIAL_420"
+        ds.save_as(tmp_path / "ybr420.dcm", enforce_file_format=True)
+        with pytest.raises(DicomReadError, match=r"colour space not supported.*\(0028,0004\).*YBR_PARTIAL_420"):
+            read_gray(tmp_path / "ybr420.dcm", size=8)
 
     def test_blank_image(self, tmp_path: Path) -> None:
         path = write_dicom(tmp_path / "blank.dcm", np.full((8, 8), 7, np.uint16))
