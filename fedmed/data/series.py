@@ -357,7 +357,7 @@ class _Frame:
     position: tuple[float, ...] | None
     orientation: tuple[float, ...] | None
     pixel_spacing: tuple[float, ...] | None
-    slice_thickness: float | None
+    slice_gap: float | None  # SpacingBetweenSlices, else SliceThickness: only for a lone slice
     rows: int | None
     columns: int | None
     samples: int
@@ -428,7 +428,7 @@ def _classic_frame(path: Path, ds: Dataset) -> _Frame:
         position=_numbers(ds, "ImagePositionPatient", 3),
         orientation=_numbers(ds, "ImageOrientationPatient", 6),
         pixel_spacing=spacing,
-        slice_thickness=_positive(_numbers(ds, "SliceThickness", 1)),
+        slice_gap=_positive(_numbers(ds, "SpacingBetweenSlices", 1)) or _positive(_numbers(ds, "SliceThickness", 1)),
         rows=_integer(ds, "Rows"),
         columns=_integer(ds, "Columns"),
         samples=_integer(ds, "SamplesPerPixel") or 1,
@@ -450,7 +450,8 @@ def _enhanced_frame(path: Path, ds: Dataset, index: int) -> _Frame:
         position=_numbers(position, "ImagePositionPatient", 3),
         orientation=_numbers(orientation, "ImageOrientationPatient", 6),
         pixel_spacing=_numbers(measures, "PixelSpacing", 2),
-        slice_thickness=_positive(_numbers(measures, "SliceThickness", 1)),
+        slice_gap=(_positive(_numbers(measures, "SpacingBetweenSlices", 1))
+                   or _positive(_numbers(measures, "SliceThickness", 1))),
         rows=_integer(ds, "Rows"),
         columns=_integer(ds, "Columns"),
         samples=_integer(ds, "SamplesPerPixel") or 1,
@@ -511,7 +512,7 @@ def _check_series(
             return problems
 
     if single:
-        slice_spacing = frames[0].slice_thickness or 1.0
+        slice_spacing = frames[0].slice_gap or 1.0  # no neighbour to measure from
     else:
         slice_spacing = (located[-1][0] - located[0][0]) / (len(located) - 1)
     first = frames[0]
@@ -667,7 +668,8 @@ def _spacing_problems(
     if uneven:
         problems.append(SeriesProblem(
             identity, files_of(uneven), "uneven spacing",
-            f"positions along the slice normal step by {step:.3f} mm (median) but {_listed([between(i) for i in uneven], None)}; "
+            f"positions along the slice normal step by {step:.3f} mm (median) but "
+            f"{_listed([between(i) for i in uneven], None)}; "
             "slices of different reconstructions share this series, or the series needs "
             "resampling to even spacing before use",
         ))

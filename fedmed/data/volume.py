@@ -37,7 +37,8 @@ def resampled_shape(
 ) -> tuple[int, int, int]:
     """The (depth, height, width) that covers the same extent at `target_spacing` (at least 1 each)."""
     _check_triple("target_spacing", target_spacing)
-    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing))  # type: ignore[return-value]
+    depth, height, width = (max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing))
+    return (depth, height, width)
 
 
 def volume_preprocessing_key(

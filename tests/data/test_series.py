@@ -239,10 +239,12 @@ class TestOrdering:
         assert {s.identity.description for s in grouping.series} == {"AX soft", "AX bone"}
 
     def test_single_slice_is_marked(self, tmp_path: Path) -> None:
-        write_series(tmp_path, count=1, steps=[])
-        series = only_series(group_series(files_in(tmp_path)))
+        write_series(tmp_path / "thickness", count=1, steps=[])
+        series = only_series(group_series(files_in(tmp_path / "thickness")))
         assert series.is_single_slice and series.depth == 1
         assert series.slice_spacing == 2.5  # SliceThickness when there is no neighbour
+        write_series(tmp_path / "spacing", count=1, steps=[], per_slice={0: {"SpacingBetweenSlices": 3.0}})
+        assert only_series(group_series(files_in(tmp_path / "spacing"))).slice_spacing == 3.0
         assert read_volume(series).voxels.shape == (1, ROWS, COLUMNS)
 
     def test_single_2d_image_without_geometry_is_a_one_slice_series(self, tmp_path: Path) -> None:
