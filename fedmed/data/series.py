@@ -251,6 +251,9 @@ def group_series(
         except DicomReadError as exc:
             skipped.append(exc)
             continue
+        except Exception as exc:  # pydicom raises many types on defective headers; one file must not stop a site
+            skipped.append(DicomReadError(path, "invalid header", f"{type(exc).__name__}: {exc}"[:200]))
+            continue
         grouped.setdefault((header.study_uid, header.series_uid), []).append(header)
 
     accepted: list[DicomSeries] = []
