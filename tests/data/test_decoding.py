@@ -111,7 +111,7 @@ class TestEverySyntaxDecodes:
         ("syntax", "kwargs", "tolerance"),
         [
             (JPEGLSNearLossless, {"jls_error": 3}, 3),
-            (JPEG2000, {"j2k_cr": [20]}, 200),
+            (JPEG2000, {"j2k_cr": [20]}, 100),
         ],
         ids=["JPEG-LS near-lossless", "JPEG 2000 lossy"],
     )
