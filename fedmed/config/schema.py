@@ -105,6 +105,12 @@ class InputConfig(Section):
     volume: VolumeConfig = VolumeConfig()
     """sample: series only."""
 
+    @model_validator(mode="after")
+    def _volumes_are_grayscale(self) -> InputConfig:
+        if self.sample is SampleUnit.SERIES and self.channels != 1:
+            raise ValueError("sample: series reads grayscale CT/MR volumes; set channels: 1")
+        return self
+
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         if self.sample is SampleUnit.SERIES:

@@ -1,15 +1,20 @@
-"""Load one site's labelled images into tensors, skipping (and listing) files that cannot be read.
+"""Load one site's labelled images or volumes into tensors, skipping (and listing) records that cannot be read.
 
-A site folder holds `labels.csv` with columns `file,label,split` (file relative to the site
-folder, label 0 or 1, split train or test) and the DICOM files it names. A bad manifest is an
-error, because it is the site's statement of what to train on; a bad image is skipped and
-reported, because one corrupt file in an archive of thousands should not stop a site.
+A site folder holds `labels.csv` with columns `file,label,split` (label 0 or 1, split train
+or test) and the DICOM files it names. With `sample: image` each row names one file. With
+`sample: series` a row names one series: a folder holding it, a single (enhanced
+multi-frame) file, or its SeriesInstanceUID anywhere under the site folder. A bad manifest
+is an error, because it is the site's statement of what to train on; a bad image or series
+is skipped and reported, because one corrupt study in an archive of thousands should not
+stop a site.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -17,14 +22,16 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from fedmed.config.schema import InputConfig
-from fedmed.data.cache import ImageCache
+from fedmed.config.schema import InputConfig, SampleUnit
+from fedmed.data.cache import ImageCache, content_key
 from fedmed.data.dicom import (
     DicomMetadata,
     DicomReadError,
     read_dicom_image,
     read_dicom_metadata,
 )
+from fedmed.data.series import DicomSeries, SeriesError, group_series, read_volume
+from fedmed.data.volume import preprocess_volume, volume_preprocessing_key
 from fedmed.errors import DataError
 
 __all__ = [
@@ -43,18 +50,23 @@ MANIFEST_COLUMNS = ("file", "label", "split")
 SPLITS = ("train", "test")
 
 _MANIFEST_HELP = (
-    "a CSV file with header 'file,label,split': file relative to the site folder, "
-    "label 0 or 1, split train or test"
+    "a CSV file with header 'file,label,split': file relative to the site folder (with "
+    "sample: series, a folder, a file or a SeriesInstanceUID), label 0 or 1, split train or test"
 )
+_UID = re.compile(r"[0-9]+(\.[0-9]+)+")  # PS3.5 9.1: digits and dots, at most 64 characters
 _MAX_LISTED = 10
 
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A manifest entry left out of training, and why."""
+    """A manifest entry left out of training, and why (`reason` starts with a short, countable part)."""
 
     path: str
     reason: str
+
+    @property
+    def short_reason(self) -> str:
+        return self.reason.split(" (", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -67,12 +79,17 @@ class ManifestRow:
 
 @dataclass
 class ImageSet:
-    """Images (N, 1, size, size) float32 in [0, 1], labels (N,) float32, and per-image tags."""
+    """Images (N, C, H, W) or volumes (N, 1, D, H, W), float32 in [0, 1]; labels (N,) float32; per-record tags.
+
+    `files` names each record as the manifest does; `sources` lists the files it was read
+    from, relative to the site folder (one for an image, every slice of a series in order).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     metadata: list[DicomMetadata]
     files: list[str]
+    sources: list[tuple[str, ...]]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -105,26 +122,20 @@ def load_site_data(site_dir: Path, *, spec: InputConfig, cache_dir: Path | None 
     manifest = site_dir / MANIFEST_NAME
     if not manifest.is_file():
         raise DataError(f"No labels manifest at {manifest}; create {_MANIFEST_HELP}")
-    rows = read_manifest(manifest, root=site_dir)
+    series = spec.sample is SampleUnit.SERIES
+    rows = read_manifest(manifest, root=site_dir, series=series)
     cache = ImageCache(Path(cache_dir)) if cache_dir is not None else None
 
-    kept: dict[str, list[tuple[ManifestRow, np.ndarray, DicomMetadata]]] = {s: [] for s in SPLITS}
+    kept: dict[str, list[_Record]] = {s: [] for s in SPLITS}
     skipped: list[SkippedFile] = []
     reasons: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
-    for row in rows:
-        path = site_dir / row.file
-        try:
-            if cache is not None:
-                image = cache.load_or_decode(path, size=spec.image_size, channels=spec.channels)
-            else:
-                image = read_dicom_image(path, size=spec.image_size, channels=spec.channels)
-            metadata = read_dicom_metadata(path)
-        except DicomReadError as exc:
-            detail = f" ({exc.detail})" if exc.detail else ""
-            skipped.append(SkippedFile(row.file, exc.reason + detail))
-            reasons[row.split][exc.reason] += 1
-            continue
-        kept[row.split].append((row, image, metadata))
+    records = _series_records(site_dir, rows, spec, cache) if series else _image_records(site_dir, rows, spec, cache)
+    for row, outcome in records:
+        if isinstance(outcome, SkippedFile):
+            skipped.append(outcome)
+            reasons[row.split][outcome.short_reason] += 1
+        else:
+            kept[row.split].append(outcome)
 
     for split in SPLITS:
         if not kept[split]:
@@ -137,8 +148,135 @@ def load_site_data(site_dir: Path, *, spec: InputConfig, cache_dir: Path | None 
     )
 
 
-def read_manifest(manifest: Path, *, root: Path) -> list[ManifestRow]:
+@dataclass(frozen=True)
+class _Record:
+    row: ManifestRow
+    array: np.ndarray
+    metadata: DicomMetadata
+    sources: tuple[str, ...]
+
+
+def _image_records(
+    site_dir: Path, rows: list[ManifestRow], spec: InputConfig, cache: ImageCache | None
+) -> Iterator[tuple[ManifestRow, _Record | SkippedFile]]:
+    """One image per row, decoded at the model's size and channels."""
+    for row in rows:
+        path = site_dir / row.file
+        try:
+            if cache is not None:
+                image = cache.load_or_decode(path, size=spec.image_size, channels=spec.channels)
+            else:
+                image = read_dicom_image(path, size=spec.image_size, channels=spec.channels)
+            metadata = read_dicom_metadata(path)
+        except DicomReadError as exc:
+            detail = f" ({exc.detail})" if exc.detail else ""
+            yield row, SkippedFile(row.file, exc.reason + detail)
+            continue
+        yield row, _Record(row, image, metadata, (row.file,))
+
+
+def _series_records(
+    site_dir: Path, rows: list[ManifestRow], spec: InputConfig, cache: ImageCache | None
+) -> Iterator[tuple[ManifestRow, _Record | SkippedFile]]:
+    """One volume per row: the series the row names, checked, resampled and windowed as `spec` says."""
+    by_uid: dict[str, DicomSeries | str] | None = None
+    for row in rows:
+        if _UID.fullmatch(row.file) and not (site_dir / row.file).exists():
+            if by_uid is None:  # one scan of the whole site folder, only when a row needs it
+                by_uid = _series_by_uid(site_dir)
+            found = by_uid.get(row.file, "no series with this SeriesInstanceUID under the site folder")
+        else:
+            found = _one_series(site_dir, row.file)
+        if isinstance(found, str):
+            yield row, SkippedFile(row.file, found)
+            continue
+        if found.is_single_slice:
+            yield row, SkippedFile(row.file, "a single image, not a volume (sample: series needs a CT or MR series)")
+            continue
+        try:
+            volume = _volume(found, spec, cache)
+            metadata = read_dicom_metadata(Path(found.files[0]))
+        except (DicomReadError, SeriesError) as exc:
+            yield row, SkippedFile(row.file, _why(exc))
+            continue
+        except DataError as exc:  # a blank volume without a window
+            yield row, SkippedFile(row.file, f"blank volume ({exc})")
+            continue
+        sources = tuple(Path(name).relative_to(site_dir).as_posix() for name in found.files)
+        yield row, _Record(row, volume, metadata, sources)
+
+
+def _one_series(site_dir: Path, name: str) -> DicomSeries | str:
+    """The one series a folder or file holds, or why there is not exactly one."""
+    target = site_dir / name
+    files = sorted(_walk(target)) if target.is_dir() else [target]
+    grouping = group_series(files)
+    if grouping.refused:
+        return "; ".join(str(problem.reason) + f" ({problem.detail})" for problem in grouping.problems)
+    if not grouping.series:
+        reasons = Counter(exc.reason for exc in grouping.skipped)
+        why = ", ".join(f"{count} x {reason}" for reason, count in reasons.most_common()) or "no files"
+        return f"no image series ({why})"
+    if len(grouping.series) > 1:
+        uids = ", ".join(s.identity.series_uid for s in grouping.series)
+        return (
+            f"holds {len(grouping.series)} series ({uids}); name one by its SeriesInstanceUID in "
+            f"{MANIFEST_NAME}, never several in one row"
+        )
+    return grouping.series[0]
+
+
+def _series_by_uid(site_dir: Path) -> dict[str, DicomSeries | str]:
+    """Every series under the site folder by SeriesInstanceUID (a refused one maps to why)."""
+    grouping = group_series(sorted(_walk(site_dir)))
+    found: dict[str, DicomSeries | str] = {}
+    for refused in grouping.refused:
+        found[refused.identity.series_uid] = "; ".join(f"{p.reason} ({p.detail})" for p in refused.problems)
+    counts = Counter(s.identity.series_uid for s in grouping.series)
+    for series in grouping.series:
+        uid = series.identity.series_uid
+        found[uid] = series if counts[uid] == 1 else "this SeriesInstanceUID is used in several studies; name its folder"
+    return found
+
+
+def _volume(series: DicomSeries, spec: InputConfig, cache: ImageCache | None) -> np.ndarray:
+    shape = tuple(spec.volume.shape)
+    parameters = volume_preprocessing_key(
+        target_spacing=spec.volume.spacing, target_shape=shape, window=spec.volume.window
+    )
+
+    def compute() -> np.ndarray:
+        volume = read_volume(series)
+        return preprocess_volume(
+            volume, target_spacing=spec.volume.spacing, target_shape=shape, window=spec.volume.window
+        )
+
+    if cache is None:
+        return compute()
+    key = content_key([Path(name) for name in series.files], parameters)
+    return cache.load_or_compute(key, (1, *shape), compute)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Regular files under `folder`, hidden ones and the manifest aside."""
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in parts) or path.name == MANIFEST_NAME:
+            continue
+        if path.is_file():
+            yield path
+
+
+def _why(exc: DicomReadError | SeriesError) -> str:
+    if isinstance(exc, SeriesError):
+        return f"{exc.problem.reason} ({exc.problem.detail})"
+    return exc.reason + (f" ({exc.detail})" if exc.detail else "")
+
+
+def read_manifest(manifest: Path, *, root: Path, series: bool = False) -> list[ManifestRow]:
     """Parse and check a labels manifest; every problem is listed in one error.
+
+    With `series`, a row may name a folder or a SeriesInstanceUID as well as a file.
 
     Raises:
         DataError: naming the manifest and each bad line (unknown file, label not 0/1,
@@ -167,7 +305,7 @@ def read_manifest(manifest: Path, *, root: Path) -> list[ManifestRow]:
         if not any(raw.values()):
             continue  # blank line
         file, label, split = _normalise_path(raw["file"]), raw["label"], raw["split"]
-        problem = _row_problem(root, file, label, split, seen)
+        problem = _row_problem(root, file, label, split, seen, series=series)
         if problem:
             problems.append(f"line {line}: {problem}")
             continue
@@ -178,7 +316,8 @@ def read_manifest(manifest: Path, *, root: Path) -> list[ManifestRow]:
         more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         raise DataError(
             f"Labels manifest {manifest} has {len(problems)} bad row(s): {listed}{more}. "
-            f"Each row needs a file under {root}, label 0 or 1, split train or test"
+            f"Each row needs a {'series (folder, file or SeriesInstanceUID)' if series else 'file'} under {root}, "
+            "label 0 or 1, split train or test"
         )
     return rows
 
@@ -193,7 +332,9 @@ def _normalise_path(file: str) -> str:
     return PurePosixPath(file.replace("\\", "/")).as_posix() if file else ""
 
 
-def _row_problem(root: Path, file: str, label: str, split: str, seen: dict[str, int]) -> str | None:
+def _row_problem(
+    root: Path, file: str, label: str, split: str, seen: dict[str, int], *, series: bool
+) -> str | None:
     if not file:
         return "empty file name"
     relative = PurePosixPath(file)
@@ -201,7 +342,10 @@ def _row_problem(root: Path, file: str, label: str, split: str, seen: dict[str, 
         return f"file '{file}' must be a path inside the site folder"
     if file in seen:
         return f"file '{file}' is listed twice (first on line {seen[file]})"
-    if not (root / relative).is_file():
+    if series:
+        if not (root / relative).exists() and not (_UID.fullmatch(file) and len(file) <= 64):
+            return f"unknown series '{file}' (no such folder or file under {root}, and not a SeriesInstanceUID)"
+    elif not (root / relative).is_file():
         return f"unknown file '{file}' (not found under {root})"
     if label not in ("0", "1"):
         return f"label '{label}' for '{file}' must be 0 or 1"
@@ -210,14 +354,13 @@ def _row_problem(root: Path, file: str, label: str, split: str, seen: dict[str, 
     return None
 
 
-def _image_set(kept: list[tuple[ManifestRow, np.ndarray, DicomMetadata]]) -> ImageSet:
-    images = torch.from_numpy(np.stack([image for _, image, _ in kept]))
-    labels = torch.tensor([row.label for row, _, _ in kept], dtype=torch.float32)
+def _image_set(kept: list[_Record]) -> ImageSet:
     return ImageSet(
-        images=images.contiguous(),
-        labels=labels,
-        metadata=[metadata for _, _, metadata in kept],
-        files=[row.file for row, _, _ in kept],
+        images=torch.from_numpy(np.stack([record.array for record in kept])).contiguous(),
+        labels=torch.tensor([record.row.label for record in kept], dtype=torch.float32),
+        metadata=[record.metadata for record in kept],
+        files=[record.row.file for record in kept],
+        sources=[record.sources for record in kept],
     )
 
 
@@ -227,12 +370,12 @@ def _no_usable_message(
     listed = sum(1 for row in rows if row.split == split)
     if listed == 0:
         return (
-            f"Site folder {site_dir} has no {split} image: {MANIFEST_NAME} lists none; "
+            f"Site folder {site_dir} has no {split} record: {MANIFEST_NAME} lists none; "
             f"mark some rows with split '{split}'"
         )
     why = ", ".join(f"{count} x {reason}" for reason, count in reasons.most_common())
     return (
-        f"Site folder {site_dir} has no usable {split} image: all {listed} listed in "
+        f"Site folder {site_dir} has no usable {split} record: all {listed} listed in "
         f"{MANIFEST_NAME} were skipped ({why}); repair or replace the files, or install "
         "the decoder the reason names"
     )

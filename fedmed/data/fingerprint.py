@@ -1,8 +1,9 @@
 """A fingerprint of the records a site trains on: the key its privacy budget is kept under.
 
 The budget belongs to the data, not to a run: two runs over the same training records
-draw on one budget. The fingerprint covers each training file's bytes and label, in a
-fixed order, so renaming the folder keeps it and changing any record changes it.
+draw on one budget. The fingerprint covers each training record's bytes (an image's file,
+or every slice of a series in order) and label, in a fixed order, so renaming the folder
+keeps it and changing any record changes it.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from fedmed.data.dataset import SiteData
 
 
 def dataset_fingerprint(data: SiteData) -> str:
-    """SHA-256 over the sorted (file content hash, label) pairs of the training records."""
+    """SHA-256 over the sorted (record content hash, label) pairs of the training records."""
     records = sorted(
-        (hashlib.sha256((data.site_dir / name).read_bytes()).hexdigest(), int(label))
-        for name, label in zip(data.train.files, data.train.labels.tolist())
+        (_record_hash(data, sources), int(label))
+        for sources, label in zip(data.train.sources, data.train.labels.tolist())
     )
     digest = hashlib.sha256(b"fedmed-dataset-v1\n")
     for content, label in records:
         digest.update(f"{content} {label}\n".encode())
     return digest.hexdigest()
+
+
+def _record_hash(data: SiteData, sources: tuple[str, ...]) -> str:
+    """A one-file record hashes as its file (so 2-D fingerprints stay as they were); a series over its slices' hashes."""
+    hashes = [hashlib.sha256((data.site_dir / name).read_bytes()).hexdigest() for name in sources]
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256(("series:" + ",".join(hashes)).encode()).hexdigest()

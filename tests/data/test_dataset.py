@@ -128,7 +128,7 @@ def test_bad_manifest_rows_name_the_line(site: Path, bad_line: str, message: str
 def test_site_with_no_usable_image(site: Path) -> None:
     for row in manifest_rows(site):
         (site / row["file"]).write_bytes(b"broken")
-    message = r"site-a has no usable train image: all \d+ .*not a DICOM file"
+    message = r"site-a has no usable train record: all \d+ .*not a DICOM file"
     with pytest.raises(DataError, match=message):
         load_site_data(site, spec=InputConfig(image_size=SIZE))
 
@@ -137,12 +137,12 @@ def test_site_with_no_usable_test_image(site: Path) -> None:
     for row in manifest_rows(site):
         if row["split"] == "test":
             (site / row["file"]).write_bytes(b"broken")
-    with pytest.raises(DataError, match="site-a has no usable test image"):
+    with pytest.raises(DataError, match="site-a has no usable test record"):
         load_site_data(site, spec=InputConfig(image_size=SIZE))
 
 
 def test_site_whose_manifest_lists_no_test_split(site: Path) -> None:
     rows = manifest_rows(site)
     write_manifest(site, [f"{r['file']},{r['label']},train" for r in rows])
-    with pytest.raises(DataError, match="has no test image: labels.csv lists none"):
+    with pytest.raises(DataError, match="has no test record: labels.csv lists none"):
         load_site_data(site, spec=InputConfig(image_size=SIZE))
