@@ -7,7 +7,7 @@ positions; only ImagePositionPatient orders the slices.
 
 A study is an axial chest CT in Hounsfield units: air, a body ellipse of soft tissue, two
 lungs, a spine, smooth low-frequency variation and pixel noise. A label-1 study has one
-spherical nodule inside a lung. Sites differ the way CT scanners do (`CT_SITE_PROFILES`):
+spherical lesion (a large nodule, 24-36 mm in radius) inside a lung. Sites differ the way CT scanners do (`CT_SITE_PROFILES`):
 vendor tags, matrix, field of view, slice spacing, rescale slope/intercept, noise, windows
 and head-first or feet-first table direction.
 
@@ -48,7 +48,7 @@ __all__ = ["CT_SITE_PROFILES", "FEMALE_NODULE_SCALE", "CtSiteProfile", "synthesi
 
 FEMALE_NODULE_SCALE = (0.55, 0.7)  # site-b, female: nodule radius and contrast times this, uniform
 
-_NODULE_RADIUS_MM = (14.0, 22.0)
+_NODULE_RADIUS_MM = (24.0, 36.0)
 _NODULE_HU = 420.0  # above lung parenchyma, before the site's contrast factor
 _STUDY_DAY0 = dt.date(2024, 3, 4)
 
