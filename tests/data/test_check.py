@@ -128,3 +128,29 @@ def test_render_hides_ok_files_when_many(tmp_path: Path) -> None:
 )
 def test_age_band(age: float | None, band: str) -> None:
     assert age_band(age) == band
+
+
+def test_reports_each_series_as_a_volume_or_refused(tmp_path: Path) -> None:
+    """Per series: modality, slices, spacing, orientation, photometric; a bad one with its problem."""
+    from tests.data.test_series import write_series
+
+    folder = tmp_path / "export"
+    write_series(folder / "good", count=5, spacing=2.5, series_uid="1.2.3.10")
+    write_series(folder / "gap", steps=[2.5, 2.5, 5.0, 2.5], series_uid="1.2.3.20", prefix="G")
+    report = check_folder(folder)
+    by_uid = {s.series_uid: s for s in report.series}
+    good, gap = by_uid["1.2.3.10"], by_uid["1.2.3.20"]
+    assert good.ok and good.modality == "CT" and good.slices == 5 and good.orientation == "axial"
+    assert good.spacing_mm is not None and good.spacing_mm[0] == pytest.approx(2.5)
+    assert good.photometric == "MONOCHROME2" and good.folder == "good"
+    assert not gap.ok and [reason for reason, _ in gap.problems] == ["missing slice"]
+    summary = report.summary()["series"]
+    assert (summary["total"], summary["volumes"], summary["refused"]) == (2, 1, 1)
+    assert summary["refused_reasons"] == {"missing slice": 1}
+    assert all(f.ok for f in report.files)  # every file reads as an image; only the stack is wrong
+    payload = json.loads(json.dumps(report.to_json()))
+    assert payload == report.to_json() and {s["series_uid"] for s in payload["series"]} == {"1.2.3.10", "1.2.3.20"}
+    console = Console(record=True, width=200)
+    render_report(report, console)
+    text = console.export_text()
+    assert "2 series: 1 volumes, 0 single images, 1 refused" in text and "missing slice" in text
