@@ -51,8 +51,11 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
 )
 
+from fedmed.data import jpeg12
 from fedmed.data.logs import Diagnostics, capture_diagnostics, capture_native_stderr
 from fedmed.errors import DataError
+
+jpeg12.register()  # 12-bit JPEG Extended without the GPL plugin
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -283,13 +286,16 @@ def _decode(path: Path, ds: Dataset, *, frame: int | None, diagnostics: Diagnost
             "install one of: " + "; ".join(decoder.missing_dependencies),
         )
     plugins = _plugin_order(syntax, decoder.available_plugins) if syntax.is_compressed else [""]
-    if syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8) or 8) > 8 and "pylibjpeg" not in plugins:
+    twelve_bit = syntax == JPEGExtended12Bit and int(ds.get("BitsStored", 8) or 8) > 8
+    if twelve_bit and not {"imagecodecs", "pylibjpeg"} & set(plugins):
         raise DicomReadError(
             path,
             f"no decoder for transfer syntax {syntax.name} ({syntax})",
             f"its (0028,0101) Bits Stored is {ds.BitsStored}: GDCM and Pillow decode 8-bit JPEG Extended only; "
-            "decompress the file first (dcmtk: dcmdjpeg IN OUT) or install pylibjpeg-libjpeg (GPL-3.0) at the site",
+            "install imagecodecs (BSD-3-Clause), or decompress the file first (dcmtk: dcmdjpeg IN OUT)",
         )
+    if twelve_bit:
+        plugins = [name for name in plugins if name in ("imagecodecs", "pylibjpeg")]
     if syntax.is_encapsulated:
         _check_codestreams(path, ds, syntax, frames=frames, frame=frame, samples=samples)
 

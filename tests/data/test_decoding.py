@@ -25,6 +25,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -165,8 +166,28 @@ class TestEverySyntaxDecodes:
         assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEGLosslessSV1
         np.testing.assert_array_equal(stored_of(path), stored_of(TEST_FILES / "SC_rgb_rle.dcm"))
 
-    def test_jpeg_extended_12_bit_names_the_missing_decoder(self) -> None:
-        with pytest.raises(DicomReadError, match=r"JPEG Extended.*Bits Stored is 12.*pylibjpeg-libjpeg \(GPL-3.0\)"):
+    def test_jpeg_extended_12_bit_decodes_without_the_gpl_plugin(self, tmp_path: Path) -> None:
+        """libjpeg-turbo's 12-bit codestream, encapsulated as a modality writes it, through fedmed's plugin."""
+        import imagecodecs
+
+        ds = make_dataset(MONO16)
+        ds.PixelData = encapsulate([imagecodecs.jpeg8_encode(MONO16, level=95, bitspersample=12)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+        ds.LossyImageCompression = "01"
+        ds.save_as(tmp_path / "j12.dcm", enforce_file_format=True)
+        assert "pylibjpeg" not in get_decoder(JPEGExtended12Bit).available_plugins  # no GPL code here
+        stored = stored_of(tmp_path / "j12.dcm")[..., 0].astype(np.int64)
+        assert np.abs(stored - MONO16).max() <= 24 and np.abs(stored - MONO16).mean() < 4
+        shipped = stored_of(TEST_FILES / "JPGExtended.dcm")  # pydicom's 12-bit file, 1024 x 256
+        assert shipped.shape == (1024, 256, 1) and shipped.dtype == np.uint16 and 0 < shipped.max() < 4096
+
+    def test_jpeg_extended_12_bit_names_the_missing_decoder(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fedmed.data import dicom
+
+        order = dicom._plugin_order
+        monkeypatch.setattr(dicom, "_plugin_order", lambda *a: [p for p in order(*a) if p != "imagecodecs"])
+        with pytest.raises(DicomReadError, match=r"JPEG Extended.*Bits Stored is 12.*install imagecodecs"):
             read_dicom_image(TEST_FILES / "JPGExtended.dcm", size=16)
 
     @pytest.mark.parametrize("syntax", [HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL], ids=lambda u: u.name)
