@@ -42,6 +42,7 @@ __all__ = [
     "SiteData",
     "SkippedFile",
     "load_site_data",
+    "manifest_names_series",
     "read_manifest",
 ]
 
@@ -271,6 +272,16 @@ def _why(exc: DicomReadError | SeriesError) -> str:
     if isinstance(exc, SeriesError):
         return f"{exc.problem.reason} ({exc.problem.detail})"
     return exc.reason + (f" ({exc.detail})" if exc.detail else "")
+
+
+def manifest_names_series(site_dir: Path) -> bool:
+    """True when the site's manifest names series (folders or UIDs) rather than image files only.
+
+    For a step that has no experiment at hand (``fedmed node start`` without ``--experiment``)
+    and must still read the records the site's budget is kept under.
+    """
+    rows = read_manifest(Path(site_dir) / MANIFEST_NAME, root=Path(site_dir), series=True)
+    return any(not (Path(site_dir) / row.file).is_file() for row in rows)
 
 
 def read_manifest(manifest: Path, *, root: Path, series: bool = False) -> list[ManifestRow]:

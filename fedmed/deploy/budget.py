@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmed.config import ExperimentConfig, InputConfig, SitePolicy
+from fedmed.config import ExperimentConfig, InputConfig, SampleUnit, SitePolicy, VolumeConfig
 from fedmed.data import dataset_fingerprint, load_site_data
+from fedmed.data.dataset import manifest_names_series
 from fedmed.privacy.accountant import epsilon_of
 from fedmed.privacy.books import LEDGER_FILE
 from fedmed.privacy.ledger import history_for, verify_ledger_file
@@ -30,7 +31,11 @@ def budget_report(
     Raises:
         PrivacyError: the site's ledger is broken (the node would refuse to train anyway).
     """
-    spec = experiment.data if experiment is not None else InputConfig(image_size=DEFAULT_IMAGE_SIZE)
+    if experiment is not None:
+        spec: InputConfig = experiment.data
+    else:  # the records are the same whatever the size; only the kind of record matters
+        sample = SampleUnit.SERIES if manifest_names_series(data_dir) else SampleUnit.IMAGE
+        spec = InputConfig(sample=sample, image_size=DEFAULT_IMAGE_SIZE, volume=VolumeConfig(shape=(8, 16, 16)))
     data = load_site_data(data_dir, spec=spec, cache_dir=cache_dir)
     fingerprint = dataset_fingerprint(data)
     entries = verify_ledger_file(state_dir / LEDGER_FILE, load_public_key_file(public_key))

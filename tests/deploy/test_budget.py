@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmed.config import ExperimentConfig, InputConfig, SitePolicy
-from fedmed.data import dataset_fingerprint, load_site_data, synthesize_hospitals
+from fedmed.config import ExperimentConfig, InputConfig, SampleUnit, SitePolicy, VolumeConfig
+from fedmed.data import dataset_fingerprint, load_site_data, synthesize_ct_hospitals, synthesize_hospitals
 from fedmed.deploy.budget import budget_report
 from fedmed.privacy import epsilon_of, plan_privacy
 from fedmed.privacy.accountant import MechanismStep
@@ -70,3 +70,14 @@ def test_spend_on_the_books_is_counted(site: tuple[Path, Path, Path]) -> None:
 
 def test_without_the_experiment_it_says_how_to_ask(site: tuple[Path, Path, Path]) -> None:
     assert "--experiment FILE" in report(site, 5.0, experiment=None)
+
+
+def test_a_series_dataset_is_counted_by_series_without_the_experiment(tmp_path: Path) -> None:
+    """node start without --experiment reads a CT site's records as series, the way training will."""
+    (data_dir,) = synthesize_ct_hospitals(tmp_path / "data", n_sites=1, studies_per_site=8, slices=4, image_size=16)
+    key = tmp_path / "keys" / "site-ed25519.pem"
+    generate_signing_key(key)
+    text = report((data_dir, tmp_path / "state", key), 5.0, experiment=None)
+    spec = InputConfig(sample=SampleUnit.SERIES, volume=VolumeConfig(shape=(8, 16, 16)))
+    data = load_site_data(data_dir, spec=spec)
+    assert f"({len(data.train)} training records, fingerprint {dataset_fingerprint(data)[:16]})" in text
