@@ -132,7 +132,7 @@ def test_age_band(age: float | None, band: str) -> None:
 
 def test_reports_each_series_as_a_volume_or_refused(tmp_path: Path) -> None:
     """Per series: modality, slices, spacing, orientation, photometric; a bad one with its problem."""
-    from tests.data.test_series import write_series
+    from tests.data.dicom_series import write_series
 
     folder = tmp_path / "export"
     write_series(folder / "good", count=5, spacing=2.5, series_uid="1.2.3.10")

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from fedmed.config import InputConfig, SampleUnit, VolumeConfig
 from fedmed.data import dataset_fingerprint, load_site_data, synthesize_ct_hospitals
 from fedmed.errors import DataError
-from tests.data.test_series import write_enhanced_ct
+from tests.data.dicom_series import write_enhanced_ct
 
 SHAPE = (8, 16, 16)
 SPEC = InputConfig(sample=SampleUnit.SERIES, volume=VolumeConfig(shape=SHAPE, window=(-600.0, 1500.0)))
