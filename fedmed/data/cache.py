@@ -13,16 +13,19 @@ Decoding failures are cheap next to training, and are reported again every run.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedmed.data.dicom import DicomReadError, read_dicom_image
 
-__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key", "content_key"]
+__all__ = ["PREPROCESSING_VERSION", "ImageCache", "cache_key", "content_key", "listing_key"]
 
 # Bump whenever read_dicom_image would return different pixels for the same file.
 PREPROCESSING_VERSION = 2
@@ -66,6 +69,18 @@ class ImageCache:
         return array
 
 
+    def load_record(self, key: str) -> dict[str, Any] | None:
+        """A small JSON record stored under `key` (what grouping a folder found), or None."""
+        try:
+            record = json.loads((self.root / key[:2] / f"{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def store_record(self, key: str, record: dict[str, Any]) -> None:
+        _store_bytes(self.root / key[:2] / f"{key}.json", json.dumps(record, sort_keys=True).encode())
+
+
 def cache_key(path: Path, *, size: int, channels: int = 1) -> str:
     """SHA-256 over the file's bytes and the image preprocessing parameters."""
     return content_key([path], f"image:size={size}:channels={channels}")
@@ -90,6 +105,22 @@ def content_key(paths: Sequence[Path], parameters: str) -> str:
     return digest.hexdigest()
 
 
+def listing_key(paths: Sequence[Path], parameters: str) -> str:
+    """SHA-256 over the pipeline version, `parameters` and each file's name, size and modification time.
+
+    Cheap (no file is read): for results derived from headers, where a touched file should
+    miss; never for pixels, which `content_key` keys by their bytes.
+    """
+    digest = hashlib.sha256(f"fedmed-listing:v{PREPROCESSING_VERSION}:{parameters}:".encode())
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except OSError as exc:
+            raise DicomReadError(path, "file not found or unreadable", exc.strerror) from exc
+        digest.update(f"{os.fsdecode(Path(path).resolve())}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _load_entry(entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The cached array, or None when absent or damaged (then it is decoded again)."""
     try:
@@ -102,13 +133,19 @@ def _load_entry(entry: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _store_entry(entry: Path, image: np.ndarray) -> None:
-    """Write atomically (temporary file, then os.replace) so readers never see half a file."""
+    buffer = io.BytesIO()
+    np.save(buffer, image, allow_pickle=False)
+    _store_bytes(entry, buffer.getvalue())
+
+
+def _store_bytes(entry: Path, data: bytes) -> None:
+    """Write atomically (temporary file, then os.replace) so readers never see half a file; owner-only."""
     entry.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     entry.parent.mkdir(mode=0o700, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=".npy")
+    handle, temporary = tempfile.mkstemp(dir=entry.parent, prefix=".tmp-", suffix=entry.suffix)
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.save(stream, image, allow_pickle=False)
+            stream.write(data)
         os.replace(temporary, entry)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedmed.config.schema import InputConfig, SampleUnit
-from fedmed.data.cache import ImageCache, content_key
+from fedmed.data.cache import ImageCache, content_key, listing_key
 from fedmed.data.dicom import (
     DicomMetadata,
     DicomReadError,
@@ -176,27 +176,37 @@ def _image_records(
         yield row, _Record(row, image, metadata, (row.file,))
 
 
+@dataclass(frozen=True)
+class _Located:
+    """A checked series found for a row: its files in slice order, and its tags."""
+
+    files: tuple[str, ...]
+    single_slice: bool
+    metadata: DicomMetadata
+
+
 def _series_records(
     site_dir: Path, rows: list[ManifestRow], spec: InputConfig, cache: ImageCache | None
 ) -> Iterator[tuple[ManifestRow, _Record | SkippedFile]]:
     """One volume per row: the series the row names, checked, resampled and windowed as `spec` says."""
-    by_uid: dict[str, DicomSeries | str] | None = None
+    by_uid: dict[str, _Located | str] | None = None
     for row in rows:
         if _UID.fullmatch(row.file) and not (site_dir / row.file).exists():
             if by_uid is None:  # one scan of the whole site folder, only when a row needs it
-                by_uid = _series_by_uid(site_dir)
+                by_uid = _indexed(cache, sorted(_walk(site_dir)), "uids", _series_by_uid)
             found = by_uid.get(row.file, "no series with this SeriesInstanceUID under the site folder")
         else:
-            found = _one_series(site_dir, row.file)
+            target = site_dir / row.file
+            files = sorted(_walk(target)) if target.is_dir() else [target]
+            found = _indexed(cache, files, "one", _one_series)[""]
         if isinstance(found, str):
             yield row, SkippedFile(row.file, found)
             continue
-        if found.is_single_slice:
+        if found.single_slice:
             yield row, SkippedFile(row.file, "a single image, not a volume (sample: series needs a CT or MR series)")
             continue
         try:
             volume = _volume(found, spec, cache)
-            metadata = read_dicom_metadata(Path(found.files[0]))
         except (DicomReadError, SeriesError) as exc:
             yield row, SkippedFile(row.file, _why(exc))
             continue
@@ -204,52 +214,92 @@ def _series_records(
             yield row, SkippedFile(row.file, f"blank volume ({exc})")
             continue
         sources = tuple(Path(name).relative_to(site_dir).as_posix() for name in found.files)
-        yield row, _Record(row, volume, metadata, sources)
+        yield row, _Record(row, volume, found.metadata, sources)
 
 
-def _one_series(site_dir: Path, name: str) -> DicomSeries | str:
-    """The one series a folder or file holds, or why there is not exactly one."""
-    target = site_dir / name
-    files = sorted(_walk(target)) if target.is_dir() else [target]
+def _located(series: DicomSeries) -> _Located:
+    return _Located(series.files, series.is_single_slice, read_dicom_metadata(Path(series.files[0])))
+
+
+def _one_series(files: list[Path]) -> dict[str, _Located | str]:
+    """The one series `files` hold (under the key ""), or why there is not exactly one."""
     grouping = group_series(files)
     if grouping.refused:
-        return "; ".join(str(problem.reason) + f" ({problem.detail})" for problem in grouping.problems)
+        return {"": "; ".join(str(problem.reason) + f" ({problem.detail})" for problem in grouping.problems)}
     if not grouping.series:
         reasons = Counter(exc.reason for exc in grouping.skipped)
         why = ", ".join(f"{count} x {reason}" for reason, count in reasons.most_common()) or "no files"
-        return f"no image series ({why})"
+        return {"": f"no image series ({why})"}
     if len(grouping.series) > 1:
         uids = ", ".join(s.identity.series_uid for s in grouping.series)
-        return (
+        return {"": (
             f"holds {len(grouping.series)} series ({uids}); name one by its SeriesInstanceUID in "
             f"{MANIFEST_NAME}, never several in one row"
-        )
-    return grouping.series[0]
+        )}
+    return {"": _located(grouping.series[0])}
 
 
-def _series_by_uid(site_dir: Path) -> dict[str, DicomSeries | str]:
-    """Every series under the site folder by SeriesInstanceUID (a refused one maps to why)."""
-    grouping = group_series(sorted(_walk(site_dir)))
-    found: dict[str, DicomSeries | str] = {}
+def _series_by_uid(files: list[Path]) -> dict[str, _Located | str]:
+    """Every series among `files` by SeriesInstanceUID (a refused one maps to why)."""
+    grouping = group_series(files)
+    found: dict[str, _Located | str] = {}
     for refused in grouping.refused:
         found[refused.identity.series_uid] = "; ".join(f"{p.reason} ({p.detail})" for p in refused.problems)
     counts = Counter(s.identity.series_uid for s in grouping.series)
     for series in grouping.series:
         uid = series.identity.series_uid
-        found[uid] = series if counts[uid] == 1 else "this SeriesInstanceUID is used in several studies; name its folder"
+        found[uid] = _located(series) if counts[uid] == 1 else (
+            "this SeriesInstanceUID is used in several studies; name its folder"
+        )
     return found
 
 
-def _volume(series: DicomSeries, spec: InputConfig, cache: ImageCache | None) -> np.ndarray:
+def _indexed(
+    cache: ImageCache | None, files: list[Path], kind: str, group: Callable[[list[Path]], dict[str, _Located | str]]
+) -> dict[str, _Located | str]:
+    """`group(files)`, remembered in the cache under the files' names, sizes and modification times.
+
+    Grouping parses every header, which would otherwise dominate a cached epoch of a CT site;
+    any file added, removed, resized or touched gives another key, and the volumes themselves
+    stay keyed by content.
+    """
+    if cache is None:
+        return group(files)
+    key = listing_key(files, f"series-{kind}")
+    stored = cache.load_record(key)
+    if stored is not None:
+        try:
+            return {
+                name: value if isinstance(value, str) else _Located(
+                    tuple(value["files"]), bool(value["single_slice"]), DicomMetadata(**value["metadata"])
+                )
+                for name, value in stored.items()
+            }
+        except (TypeError, KeyError, AttributeError):
+            pass  # an entry of another shape: group again
+    found = group(files)
+    cache.store_record(key, {
+        name: value if isinstance(value, str) else {
+            "files": list(value.files), "single_slice": value.single_slice, "metadata": asdict(value.metadata),
+        }
+        for name, value in found.items()
+    })
+    return found
+
+
+def _volume(series: _Located, spec: InputConfig, cache: ImageCache | None) -> np.ndarray:
     shape = tuple(spec.volume.shape)
     parameters = volume_preprocessing_key(
         target_spacing=spec.volume.spacing, target_shape=shape, window=spec.volume.window
     )
 
     def compute() -> np.ndarray:
-        volume = read_volume(series)
+        grouping = group_series([Path(name) for name in series.files])  # the checked series, again
+        if len(grouping.series) != 1:
+            raise DicomReadError(series.files[0], "file changed since it was grouped")
         return preprocess_volume(
-            volume, target_spacing=spec.volume.spacing, target_shape=shape, window=spec.volume.window
+            read_volume(grouping.series[0]), target_spacing=spec.volume.spacing, target_shape=shape,
+            window=spec.volume.window,
         )
 
     if cache is None:

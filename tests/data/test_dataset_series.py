@@ -149,3 +149,22 @@ def test_the_fingerprint_covers_every_slice(site: Path) -> None:
     ds.PixelData = arr.tobytes()
     ds.save_as(path, enforce_file_format=True)
     assert dataset_fingerprint(load_site_data(site, spec=SPEC)) != before
+
+
+def test_a_cached_load_does_not_parse_headers_again(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grouping is remembered by the files' names, sizes and times; a touched file is grouped again."""
+    from fedmed.data import dataset as dataset_module
+
+    cache_dir = tmp_path / "cache"
+    first = load_site_data(site, spec=SPEC, cache_dir=cache_dir)
+    calls: list[int] = []
+    group = dataset_module.group_series
+    monkeypatch.setattr(dataset_module, "group_series", lambda files: calls.append(len(files)) or group(files))
+    again = load_site_data(site, spec=SPEC, cache_dir=cache_dir)
+    assert calls == [] and again.train.files == first.train.files and again.train.sources == first.train.sources
+    np.testing.assert_array_equal(again.train.images.numpy(), first.train.images.numpy())
+    assert again.train.metadata == first.train.metadata
+    touched = sorted((site / manifest_rows(site)[0][0]).glob("*.dcm"))[0]
+    touched.write_bytes(touched.read_bytes())  # same bytes, a new modification time
+    load_site_data(site, spec=SPEC, cache_dir=cache_dir)
+    assert calls == [6]  # that one study's slices, and nothing else
