@@ -12,6 +12,7 @@ stop a site.
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedmed.config.schema import InputConfig, SampleUnit
-from fedmed.data.cache import ImageCache, content_key, listing_key
+from fedmed.data.cache import ImageCache, cache_key, content_key, listing_key
 from fedmed.data.dicom import (
     DicomMetadata,
     DicomReadError,
@@ -165,15 +166,34 @@ def _image_records(
         path = site_dir / row.file
         try:
             if cache is not None:
-                image = cache.load_or_decode(path, size=spec.image_size, channels=spec.channels)
+                key = cache_key(path, size=spec.image_size, channels=spec.channels)
+                image = cache.load_or_compute(
+                    key, (spec.channels, spec.image_size, spec.image_size),
+                    lambda: read_dicom_image(path, size=spec.image_size, channels=spec.channels),
+                )
+                metadata = _cached_tags(cache, key, path)
             else:
                 image = read_dicom_image(path, size=spec.image_size, channels=spec.channels)
-            metadata = read_dicom_metadata(path)
+                metadata = read_dicom_metadata(path)
         except DicomReadError as exc:
             detail = f" ({exc.detail})" if exc.detail else ""
             yield row, SkippedFile(row.file, exc.reason + detail)
             continue
         yield row, _Record(row, image, metadata, (row.file,))
+
+
+def _cached_tags(cache: ImageCache, image_key: str, path: Path) -> DicomMetadata:
+    """The file's tags, stored beside its cached image: parsing headers would dominate a cached epoch."""
+    key = hashlib.sha256(f"{image_key}:tags".encode()).hexdigest()
+    stored = cache.load_record(key)
+    if stored is not None:
+        try:
+            return DicomMetadata(**stored)
+        except TypeError:
+            pass  # an entry of another shape: read the header again
+    metadata = read_dicom_metadata(path)
+    cache.store_record(key, asdict(metadata))
+    return metadata
 
 
 @dataclass(frozen=True)

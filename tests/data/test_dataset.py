@@ -88,6 +88,21 @@ def test_cache_is_used_when_given(site: Path, tmp_path: Path) -> None:
     assert torch.equal(first.train.images, second.train.images)
 
 
+def test_a_cached_load_reads_no_header(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tags are stored beside each cached image: a cached epoch neither decodes nor parses a header."""
+    from fedmed.data import dataset as dataset_module
+
+    first = load_site_data(site, spec=InputConfig(image_size=SIZE), cache_dir=tmp_path / "cache")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a header was parsed on a cache hit")
+
+    monkeypatch.setattr(dataset_module, "read_dicom_metadata", refuse)
+    monkeypatch.setattr(dataset_module, "read_dicom_image", refuse)
+    second = load_site_data(site, spec=InputConfig(image_size=SIZE), cache_dir=tmp_path / "cache")
+    assert second.train.metadata == first.train.metadata and second.test.files == first.test.files
+
+
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"Site folder .*nowhere does not exist"):
         load_site_data(tmp_path / "nowhere", spec=InputConfig(image_size=SIZE))
