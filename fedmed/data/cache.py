@@ -117,7 +117,7 @@ def listing_key(paths: Sequence[Path], parameters: str) -> str:
             status = os.stat(path)
         except OSError as exc:
             raise DicomReadError(path, "file not found or unreadable", exc.strerror) from exc
-        digest.update(f"{os.fsdecode(Path(path).resolve())}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+        digest.update(f"{os.path.abspath(path)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
