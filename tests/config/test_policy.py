@@ -41,7 +41,7 @@ def test_shipped_policy_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.chdir(tmp_path)  # the working directory must not matter
     policy = load_site_policy(SHIPPED)
     assert isinstance(policy, SitePolicy)
-    assert policy.max_epsilon == 12.0  # epsilon 8 and local-only models: 11.35 (2-D), 11.68 (3-D)
+    assert policy.max_epsilon == 12.0  # epsilon 8 and local-only models: 11.35 (2-D), 11.83 (3-D)
     assert policy.min_cell_size == 10 and policy.share_local_model
     assert policy.delta == 1e-5
     assert policy.accountant is AccountantName.PRV
