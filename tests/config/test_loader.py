@@ -321,3 +321,33 @@ def test_min_sites_error_reported_together_with_other_errors(tmp_path: Path) -> 
     message = str(caught.value)
     assert "foo: unknown key" in message
     assert "training.min_sites is 3" in message
+
+
+def test_the_3d_quickstart_loads_as_volumes() -> None:
+    config = load_config(REPO / "configs" / "quickstart-3d.yaml")
+    assert config.data.sample == "series" and config.data.spatial_shape == (8, 32, 32)
+    assert config.data.volume.window == (-600.0, 1500.0) and config.model.name == "small_cnn_3d"
+    assert config.data.synthesize is not None and config.data.synthesize.kind == "ct-series"
+
+
+@pytest.mark.parametrize(
+    ("data", "model", "pattern"),
+    [
+        ("sample: series", "small_cnn", r"model small_cnn takes 2-D input but data.sample is series \(3-D\)"),
+        ("sample: image", "small_cnn_3d", r"model small_cnn_3d takes 3-D input but data.sample is image \(2-D\)"),
+        ("sample: series\n  channels: 3", "small_cnn_3d", r"grayscale CT/MR volumes; set channels: 1"),
+    ],
+)
+def test_a_network_must_match_the_sample_unit(tmp_path: Path, data: str, model: str, pattern: str) -> None:
+    path = write_config(tmp_path, f"""
+name: volumes
+data:
+  root: hospitals
+  sites: [a]
+  {data}
+model: {{name: {model}}}
+training: {{rounds: 1}}
+privacy: {{target_epsilon: 1.0}}
+""")
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(path)
