@@ -24,7 +24,7 @@ def small_cnn(shape: tuple[int, ...], in_channels: int) -> nn.Module:
 
 @register_model("small_cnn_3d", spatial_dims=3)
 def small_cnn_3d(shape: tuple[int, ...], in_channels: int) -> nn.Module:
-    """small_cnn for volumes: three strided 3-D conv blocks (about 60k weights), for CPUs and CI."""
+    """small_cnn for volumes: three strided 3-D conv blocks (about 50k weights at 32x64x64), for CPUs and CI."""
     return small_cnn(shape, in_channels)  # MONAI's Classifier takes its dimensions from in_shape
 
 
