@@ -432,13 +432,20 @@ def _classic_frame(path: Path, ds: Dataset) -> _Frame:
         orientation=_numbers(ds, "ImageOrientationPatient", 6),
         pixel_spacing=spacing,
         slice_gap=_positive(_numbers(ds, "SpacingBetweenSlices", 1)) or _positive(_numbers(ds, "SliceThickness", 1)),
-        rows=_integer(ds, "Rows"),
-        columns=_integer(ds, "Columns"),
-        samples=_integer(ds, "SamplesPerPixel") or 1,
-        photometric=(_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
-        patient_id=_text(ds, "PatientID"),
+        **_image_attributes(ds),
         window=_window(ds),
     )
+
+
+def _image_attributes(ds: Dataset) -> dict[str, Any]:
+    """What every frame of a file shares: its matrix, samples, photometric interpretation and patient."""
+    return {
+        "rows": _integer(ds, "Rows"),
+        "columns": _integer(ds, "Columns"),
+        "samples": _integer(ds, "SamplesPerPixel") or 1,
+        "photometric": (_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
+        "patient_id": _text(ds, "PatientID"),
+    }
 
 
 def _enhanced_frame(path: Path, ds: Dataset, index: int) -> _Frame:
@@ -455,11 +462,7 @@ def _enhanced_frame(path: Path, ds: Dataset, index: int) -> _Frame:
         pixel_spacing=_numbers(measures, "PixelSpacing", 2),
         slice_gap=(_positive(_numbers(measures, "SpacingBetweenSlices", 1))
                    or _positive(_numbers(measures, "SliceThickness", 1))),
-        rows=_integer(ds, "Rows"),
-        columns=_integer(ds, "Columns"),
-        samples=_integer(ds, "SamplesPerPixel") or 1,
-        photometric=(_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
-        patient_id=_text(ds, "PatientID"),
+        **_image_attributes(ds),
         window=_window(voi),
     )
 

@@ -48,6 +48,7 @@ __all__ = [
     "low_frequency",
     "site_names",
     "soft_step",
+    "study_dataset",
     "synthesize_hospitals",
 ]
 
@@ -332,6 +333,49 @@ def _to_stored(units: np.ndarray, profile: SiteProfile) -> np.ndarray:
     return stored.astype(np.uint16)
 
 
+def study_dataset(
+    sop_class: str,
+    sop_instance: str,
+    *,
+    index: int,
+    sex: str,
+    age: int,
+    day: dt.date,
+    modality: str,
+    manufacturer: str,
+    model: str,
+    institution: str,
+    patient_name: str,
+    patient_id: str,
+    accession: str,
+) -> Dataset:
+    """The file meta, patient (a pseudonym) and study tags every synthetic file carries."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_instance
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = day.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = f"{8 + index % 10:02d}{index % 60:02d}00"
+    ds.AccessionNumber = accession
+    ds.Modality = modality
+    ds.Manufacturer = manufacturer
+    ds.ManufacturerModelName = model
+    ds.InstitutionName = institution
+    ds.ReferringPhysicianName = ""
+    ds.PatientName = patient_name  # pseudonym, never a real name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = sex
+    ds.PatientAge = f"{age:03d}Y"
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "fedmed synthetic data: no patient involved"
+    ds.BodyPartExamined = "CHEST"
+    return ds
+
+
 def _build_dataset(
     profile: SiteProfile,
     *,
@@ -347,31 +391,13 @@ def _build_dataset(
         return generate_uid(entropy_srcs=["fedmed-synth", str(seed), name, str(index), kind])
 
     site = name.upper()
-    day = _STUDY_DAY0 + dt.timedelta(days=index % 365)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.SOPClassUID = profile.sop_class_uid
-    ds.SOPInstanceUID = uid("instance")
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds = study_dataset(
+        profile.sop_class_uid, uid("instance"), index=index, sex=sex, age=age,
+        day=_STUDY_DAY0 + dt.timedelta(days=index % 365), modality=profile.modality,
+        manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
+        patient_name=f"{site}^{index:04d}", patient_id=f"{site}-{index:04d}", accession=f"{site}-ACC-{index:05d}",
+    )
     ds.ImageType = ["ORIGINAL", "PRIMARY"] + (["AXIAL"] if profile.modality == "CT" else [])
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = day.strftime("%Y%m%d")
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = f"{8 + index % 10:02d}{index % 60:02d}00"
-    ds.AccessionNumber = f"{site}-ACC-{index:05d}"
-    ds.Modality = profile.modality
-    ds.Manufacturer = profile.manufacturer
-    ds.ManufacturerModelName = profile.model
-    ds.InstitutionName = profile.institution
-    ds.ReferringPhysicianName = ""
-    ds.PatientName = f"{site}^{index:04d}"  # pseudonym, never a real name
-    ds.PatientID = f"{site}-{index:04d}"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = sex
-    ds.PatientAge = f"{age:03d}Y"
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "fedmed synthetic data: no patient involved"
-    ds.BodyPartExamined = "CHEST"
     ds.StudyInstanceUID = uid("study")
     ds.SeriesInstanceUID = uid("series")
     ds.StudyID = f"{index:05d}"

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
 from fedmed.data.synth import (
@@ -41,6 +40,7 @@ from fedmed.data.synth import (
     low_frequency,
     site_names,
     soft_step,
+    study_dataset,
 )
 from fedmed.errors import FedmedError
 
@@ -227,30 +227,12 @@ def _write_study(
     study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")
     for k in range(slices):
         position_z = -k * profile.slice_spacing_mm  # slice k lies k spacings below the top
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.SOPClassUID = CT_IMAGE_STORAGE
-        ds.SOPInstanceUID = uid(f"instance-{k}")
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds = study_dataset(
+            CT_IMAGE_STORAGE, uid(f"instance-{k}"), index=index, sex=sex, age=age, day=day, modality="CT",
+            manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
+            patient_name=f"{site}^CT{index:04d}", patient_id=f"{site}-CT-{index:04d}", accession=f"{site}-CT-{index:05d}",
+        )
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = day.strftime("%Y%m%d")
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = f"{8 + index % 10:02d}{index % 60:02d}00"
-        ds.AccessionNumber = f"{site}-CT-{index:05d}"
-        ds.Modality = "CT"
-        ds.Manufacturer = profile.manufacturer
-        ds.ManufacturerModelName = profile.model
-        ds.InstitutionName = profile.institution
-        ds.ReferringPhysicianName = ""
-        ds.PatientName = f"{site}^CT{index:04d}"  # pseudonym, never a real name
-        ds.PatientID = f"{site}-CT-{index:04d}"
-        ds.PatientBirthDate = ""
-        ds.PatientSex = sex
-        ds.PatientAge = f"{age:03d}Y"
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "fedmed synthetic data: no patient involved"
-        ds.BodyPartExamined = "CHEST"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.PositionReferenceIndicator = ""
         ds.StudyID = f"{index:05d}"

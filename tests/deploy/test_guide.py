@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fedmed.federation.runtime import free_port
+from tests.deploy.processes import flower_processes
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 SECTION = "## Try it on one machine"
@@ -25,19 +26,6 @@ def trial_block() -> str:
     text = GUIDE.read_text(encoding="utf-8")
     section = text[text.index(SECTION):]
     return re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
-
-
-def flower_processes(marker: Path) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(marker) in command and state != "Z" and ("flower-" in command or "flwr" in command):
-            found.append(command[:120])
-    return found
 
 
 def test_the_guides_trial_runs_as_written_to_an_audited_run(tmp_path: Path) -> None:

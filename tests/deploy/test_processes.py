@@ -24,22 +24,9 @@ from fedmed.data import synthesize_hospitals
 from fedmed.deploy.provision import Consortium, provision
 from fedmed.deploy.superlink import SuperLink
 from fedmed.federation.runtime import free_port
+from tests.deploy.processes import flower_processes
 
 FEDMED = [sys.executable, "-m", "fedmed"]
-
-
-def flower_processes(marker: Path) -> list[str]:
-    """Running Flower processes whose command line names ``marker`` (zombies excluded)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(marker) in command and state != "Z" and ("flower-" in command or "flwr" in command):
-            found.append(command[:120])
-    return found
 
 
 def start(args: list[str], ready: str, *, cwd: Path) -> subprocess.Popen[str]:
