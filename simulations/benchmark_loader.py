@@ -99,12 +99,19 @@ def volume_table(root: Path, studies: int) -> Section:
         shutil.copytree(source, site)
         recode(site, syntax)
         cold, warm, count = timed_loads(site, spec, root / f"ct-cache-{syntax}")
-        rows.append([name, f"{count / cold:.1f}", f"{count / warm:.1f}", f"{count * 16 / cold:.0f}", f"{cold / warm:.1f}x"])
+        rows.append(
+            [name, f"{count / cold:.1f}", f"{count / warm:.1f}", f"{count * 16 / cold:.0f}", f"{cold / warm:.1f}x"]
+        )
     return Section(
         title=f"CT series through load_site_data ({studies} studies x 16 slices of 48x48, to 16x32x32)",
-        headers=["transfer syntax", "first read, volumes/s", "cached, volumes/s", "first read, slices/s", "cached speed-up"],
+        headers=[
+            "transfer syntax", "first read, volumes/s", "cached, volumes/s", "first read, slices/s", "cached speed-up"
+        ],
         rows=rows,
-        notes=["cached: the grouping is found under the files' names, sizes and times, the volume under a hash of their bytes"],
+        notes=[
+            "cached: the grouping is found under the files' names, sizes and times, "
+            "the volume under a hash of their bytes"
+        ],
     )
 
 

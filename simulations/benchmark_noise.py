@@ -36,7 +36,10 @@ from fedmed.models import available_models, create_model  # noqa: E402
 from fedmed.privacy import plan_privacy, train_private  # noqa: E402
 from fedmed.privacy.randomness import SecureRandomness, SeededRandomness  # noqa: E402
 
-SOURCES = {"torch generator (seeded, unsafe)": lambda: SeededRandomness(0), "ChaCha20 keyed by os.urandom (fedmed)": SecureRandomness}
+SOURCES = {
+    "torch generator (seeded, unsafe)": lambda: SeededRandomness(0),
+    "ChaCha20 keyed by os.urandom (fedmed)": SecureRandomness,
+}
 
 
 def _best(seconds: list[float]) -> float:
@@ -60,7 +63,10 @@ def noise_throughput(sizes: list[int], repeats: int) -> Section:
     return Section(
         "Gaussian noise: million values per second (best of repeats)",
         ["values", *SOURCES, "slowdown"], rows,
-        ["fedmed draws four float64 Box-Muller samples per value (Opacus' secure_mode recipe), each draw a ChaCha20 stream under a fresh os.urandom key"],
+        [
+            "fedmed draws four float64 Box-Muller samples per value (Opacus' secure_mode recipe), "
+            "each draw a ChaCha20 stream under a fresh os.urandom key"
+        ],
     )
 
 

@@ -378,7 +378,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-samples", action="append", default=[], metavar="NAME=N",
                         help="timed samples for one model, e.g. densenet121=128 (repeatable)")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="models to measure (default: all registered)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per model and mode; the best counts (default 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed passes per model and mode; the best counts (default 3)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
     args = parser.parse_args(argv)

@@ -180,7 +180,9 @@ def benchmark_masks(n_values: int, *, calls: int, largest: tuple[int, int]) -> S
         f"{sites} masks, about {one_site:.3f} s, per site and as many at the server ({(sites + 1) * one_site:.3f} s "
         "serially), from the best add_mask time scaled linearly.",
     ]
-    return Section(f"mask expansion: {_params(n_values)} values", ["generator", "ms", "MB/s", "M values/s"], rows, notes)
+    return Section(
+        f"mask expansion: {_params(n_values)} values", ["generator", "ms", "MB/s", "M values/s"], rows, notes
+    )
 
 
 # ---------------------------------------------------------------------------- 2. fedmed
@@ -459,7 +461,8 @@ def comparison_section(
         rows.append([
             str(sites), _params(params), f"{ours.added_serial:.3f}", _fmt(flower_serial), _fmt(ratio),
             "n/a" if ratio is None else ("yes" if ratio <= TARGET_RATIO else "NO"),
-            f"{ours.added_equal_sites:.3f}", _fmt(flower_parallel), _fmt(_ratio(ours.added_equal_sites, flower_parallel)),
+            f"{ours.added_equal_sites:.3f}", _fmt(flower_parallel),
+            _fmt(_ratio(ours.added_equal_sites, flower_parallel)),
         ])
     notes = [
         "added = median secure round - median plain round, over the repeats. serial (measured): rounds through "
@@ -484,7 +487,9 @@ def fedmed_breakdown_section(fedmed: dict[tuple[int, int], FedmedResult]) -> Sec
             def med(value: Callable[[RoundTiming], float], rounds: list[RoundTiming] = rounds) -> float:
                 return statistics.median(value(r) for r in rounds)
 
-            steps = [_fmt(med(lambda r, s=step: r.handlers[s])) if step in rounds[0].handlers else "-" for step in STEPS]
+            steps = [
+                _fmt(med(lambda r, s=step: r.handlers[s])) if step in rounds[0].handlers else "-" for step in STEPS
+            ]
             rows.append([
                 str(sites), _params(params), kind, _fmt(med(lambda r: r.seconds)),
                 _fmt(med(lambda r: r.seconds - r.grid)), _fmt(med(lambda r: r.grid)),
@@ -541,7 +546,10 @@ def target_section(
     if flower is not None:
         added += [
             ("SecAgg+ (context)", "serial, measured", flower["added_s"]),
-            ("SecAgg+ (context)", "parallel, equal sites, derived", secaggplus_equal_sites_added(flower, target.n_sites)),
+            (
+                "SecAgg+ (context)", "parallel, equal sites, derived",
+                secaggplus_equal_sites_added(flower, target.n_sites),
+            ),
         ]
     rows = []
     for who, how, seconds in added:
@@ -552,7 +560,9 @@ def target_section(
             _fmt(_ratio(seconds, lower_bound), ".1%"), met,
         ])
     if results_round is None:
-        notes = [f"{QUICKSTART_RESULTS.relative_to(REPO_ROOT)} absent or unreadable: one site's round is the reference."]
+        notes = [
+            f"{QUICKSTART_RESULTS.relative_to(REPO_ROOT)} absent or unreadable: one site's round is the reference."
+        ]
     else:
         per_round, n_rounds, site_mean = results_round
         notes = [
@@ -580,7 +590,10 @@ def target_section(
         f"% of one site's training round ({_fmt(lower_bound, '.2f')} s, lower bound)",
         f"fedmed under {TARGET_SHARE:.0%} of {reference_name}?",
     ]
-    title = f"the 10% target: added time at {target.n_sites} sites, {_params(target.n_params)} params, against a quickstart round"
+    title = (
+        f"the 10% target: added time at {target.n_sites} sites, {_params(target.n_params)} params, "
+        "against a quickstart round"
+    )
     return Section(title, headers, rows, notes)
 
 
@@ -673,10 +686,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     console.rule("[bold]markdown")
     print("\n\n".join(to_markdown(section) for section in sections))
-    command = " ".join(["python simulations/benchmark_secure_aggregation.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(
+        ["python simulations/benchmark_secure_aggregation.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     process = _process_seconds()
     whole = "" if process is None else f" ({process:.0f} s since the process started, imports included)"
-    print(f"\n_benchmark took {time.perf_counter() - started:.0f} s{whole}, load average at the end {_load()}: `{command}`_")
+    print(
+        f"\n_benchmark took {time.perf_counter() - started:.0f} s{whole}, "
+        f"load average at the end {_load()}: `{command}`_"
+    )
     return 0
 
 

@@ -28,7 +28,9 @@ node_app = typer.Typer(no_args_is_help=True, help="A hospital's SuperNode.")
 def provision_consortium(
     consortium_dir: Annotated[Path, typer.Argument(help="Folder for the consortium's keys and certificates.")],
     sites: Annotated[str, typer.Option("--sites", help="Site names, comma-separated: a,b,c.")],
-    server_host: Annotated[str, typer.Option("--server-host", help="Host name or IP the hospitals reach the SuperLink at.")],
+    server_host: Annotated[
+        str, typer.Option("--server-host", help="Host name or IP the hospitals reach the SuperLink at.")
+    ],
     port: Annotated[int, typer.Option("--port", help="The SuperLink's port.")] = DEFAULT_PORT,
 ) -> None:
     """Create the consortium CA, the SuperLink's certificate and every site's keys (keeps existing ones)."""
@@ -67,7 +69,9 @@ def start_server(
                 "Control API shares the port and has no authentication: let only the hospitals' addresses and "
                 "this machine reach it (firewall)"
             )
-        console.print("telemetry, update checks and run-time dependency installation are off; Ctrl-C or SIGTERM stops it")
+        console.print(
+            "telemetry, update checks and run-time dependency installation are off; Ctrl-C or SIGTERM stops it"
+        )
         try:
             link.wait()
         except KeyboardInterrupt:
@@ -80,13 +84,16 @@ def start_node(
     consortium_dir: Annotated[Path, typer.Option("--consortium", help="The site's folder from the coordinator.")],
     data: Annotated[Path, typer.Option("--data", help="The site's DICOM folder with labels.csv.")],
     policy: Annotated[Path, typer.Option("--policy", help="The hospital's privacy policy YAML.")],
-    state: Annotated[Path | None, typer.Option("--state", help="Privacy books and ledger; default <site folder>/state.")] = None,
+    state: Annotated[
+        Path | None, typer.Option("--state", help="Privacy books and ledger; default <site folder>/state.")
+    ] = None,
     cache: Annotated[Path | None, typer.Option("--cache", help="Decoded-image cache.")] = None,
     runtime_port: Annotated[
         int | None, typer.Option("--runtime-port", help="Local port for the node's ClientApps; default: any free one.")
     ] = None,
     experiment: Annotated[Path | None, typer.Option(
-        "--experiment", help="The planned experiment YAML (from the coordinator): say how many such runs the budget fits.",
+        "--experiment",
+        help="The planned experiment YAML (from the coordinator): say how many such runs the budget fits.",
     )] = None,
 ) -> None:
     """Check the data, say what will leave the site, then join the consortium until Ctrl-C or SIGTERM."""
@@ -110,7 +117,9 @@ def start_node(
         public_key=folder.folder / "site-ed25519.pub", policy=terms,
         experiment=load_config(experiment) if experiment is not None else None,
     ))
-    node = SuperNode(folder, data_dir=data, policy=policy, state_dir=state_dir, cache_dir=cache, runtime_port=runtime_port)
+    node = SuperNode(
+        folder, data_dir=data, policy=policy, state_dir=state_dir, cache_dir=cache, runtime_port=runtime_port
+    )
     node.start(retry_for=75.0)
     console.print(
         f"site {site} joined the SuperLink at {node.superlink}; log: {node.log_path}, decisions: {node.decisions_log}; "
@@ -126,7 +135,9 @@ def start_node(
 
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
-    consortium_dir: Annotated[Path, typer.Option("--consortium", help="The consortium folder (on the SuperLink's machine).")],
+    consortium_dir: Annotated[
+        Path, typer.Option("--consortium", help="The consortium folder (on the SuperLink's machine).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run folder for results.json, model.pt and ledgers.")],
 ) -> None:
     """Train a federated model across the consortium's hospitals (DP and secure aggregation)."""

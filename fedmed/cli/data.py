@@ -24,7 +24,8 @@ def check(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", help="Also print, on stderr, what pydicom and its decoders said about each file.")
+        bool,
+        typer.Option("--verbose", help="Also print, on stderr, what pydicom and its decoders said about each file."),
     ] = False,
     log_file: Annotated[
         Path | None, typer.Option(help="Append what pydicom and its decoders said about each file to this file.")

@@ -16,5 +16,6 @@ def list_models(image_size: int = 64) -> None:
         volume = model_spatial_dims(name) == 3
         spec = InputConfig(sample=SampleUnit.SERIES if volume else SampleUnit.IMAGE, image_size=image_size)
         model = create_model(name, spec=spec)
-        table.add_row(name, "3-D volume (sample: series)" if volume else "2-D image", f"{sum(p.numel() for p in model.parameters()):,}")
+        size = f"{sum(p.numel() for p in model.parameters()):,}"
+        table.add_row(name, "3-D volume (sample: series)" if volume else "2-D image", size)
     Console().print(table)

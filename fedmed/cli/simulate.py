@@ -120,7 +120,10 @@ def _fmt(value: float | None) -> str:
 def print_results(results: dict[str, Any]) -> None:
     table = Table(
         "site", "n train", "n test", "AUROC", "accuracy", "eps rounds", "eps total", "delta",
-        title="per site (epsilon is cumulative for the site's data: after the last round, and in all, local model included)",
+        title=(
+            "per site (epsilon is cumulative for the site's data: after the last round, and in all, "
+            "local model included)"
+        ),
     )
     for site, s in results["sites"].items():
         spent = (s.get("privacy") or {}).get("epsilon")
@@ -133,7 +136,9 @@ def print_results(results: dict[str, Any]) -> None:
     evaluation = results.get("evaluation") or {}
     comparison = evaluation.get("comparison", {})
     if any(v is not None for row in comparison.values() for k, v in row.items() if k != "federated"):
-        table = Table("site", "federated", "site alone", "pooled data", "unseen (left out)", title="test AUROC by model")
+        table = Table(
+            "site", "federated", "site alone", "pooled data", "unseen (left out)", title="test AUROC by model"
+        )
         for site, row in comparison.items():
             table.add_row(site, *(_fmt(row[k]) for k in ("federated", "local", "pooled", "unseen")))
         console.print(table)

@@ -10,6 +10,7 @@ so that truncated or undecodable pixel data is caught, not just a readable heade
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -251,7 +252,9 @@ def _refused_report(folder: Path, refused: RefusedSeries, labels: dict[str, int]
 
 def _identity_fields(folder: Path, identity: SeriesIdentity) -> dict[str, Any]:
     place = Path(identity.folder)
-    relative = place.relative_to(folder).as_posix() if place.is_absolute() and place.is_relative_to(folder) else str(place)
+    relative = (
+        place.relative_to(folder).as_posix() if place.is_absolute() and place.is_relative_to(folder) else str(place)
+    )
     return {
         "folder": relative,
         "study_uid": identity.study_uid,
@@ -318,10 +321,8 @@ def _check_file(path: Path, relative: str, label: int | None) -> FileReport:
         reason, detail = exc.reason, exc.detail
     metadata = DicomMetadata()
     if reason != "not a DICOM file":
-        try:
+        with contextlib.suppress(DicomReadError):  # the image error above already says what is wrong
             metadata = read_dicom_metadata(path)
-        except DicomReadError:
-            pass  # the image error above already says what is wrong
     return FileReport(
         path=relative,
         ok=reason is None,

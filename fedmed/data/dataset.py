@@ -12,6 +12,7 @@ stop a site.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import re
@@ -170,7 +171,7 @@ def _image_records(
                 key = cache_key(path, size=spec.image_size, channels=spec.channels)
                 image = cache.load_or_compute(
                     key, (spec.channels, spec.image_size, spec.image_size),
-                    lambda: read_dicom_image(path, size=spec.image_size, channels=spec.channels),
+                    functools.partial(read_dicom_image, path, size=spec.image_size, channels=spec.channels),
                 )
                 metadata = _cached_tags(cache, key, path)
             else:

@@ -170,10 +170,9 @@ def read_dicom_metadata(ds_or_path: Dataset | Path | str) -> DicomMetadata:
     Raises:
         DicomReadError: only when a path given is not a readable DICOM file.
     """
-    if isinstance(ds_or_path, Dataset):
-        ds = ds_or_path
-    else:
-        ds = read_dataset(Path(ds_or_path), stop_before_pixels=True)
+    ds = (
+        ds_or_path if isinstance(ds_or_path, Dataset) else read_dataset(Path(ds_or_path), stop_before_pixels=True)
+    )
     sex = _text(ds, "PatientSex")
     sex = sex.upper() if sex else None
     return DicomMetadata(
@@ -314,7 +313,9 @@ def _decode(path: Path, ds: Dataset, *, frame: int | None, diagnostics: Diagnost
         plugin, exc = failures[-1]
         if len(failures) == 1 and "less than expected" in str(exc):  # pydicom's words for short pixel data
             raise DicomReadError(path, "pixel data is truncated", _explained(exc, diagnostics)) from exc
-        detail = "; ".join(f"{name}: {_plugin_said(name, error)}" if name else _short(error) for name, error in failures)
+        detail = "; ".join(
+            f"{name}: {_plugin_said(name, error)}" if name else _short(error) for name, error in failures
+        )
         raise DicomReadError(path, "pixel data cannot be decoded", _explained(detail, diagnostics)) from exc
 
     photometric = str(properties.get("photometric_interpretation", photometric)).strip().upper()
@@ -576,7 +577,11 @@ _PALETTE_TAGS = (
     "GreenPaletteColorLookupTableDescriptor",
     "BluePaletteColorLookupTableDescriptor",
 )
-_PALETTE_DATA = ("RedPaletteColorLookupTableData", "GreenPaletteColorLookupTableData", "BluePaletteColorLookupTableData")
+_PALETTE_DATA = (
+    "RedPaletteColorLookupTableData",
+    "GreenPaletteColorLookupTableData",
+    "BluePaletteColorLookupTableData",
+)
 _SEGMENTED_DATA = tuple("Segmented" + name for name in _PALETTE_DATA)
 
 

@@ -17,7 +17,7 @@ def dataset_fingerprint(data: SiteData) -> str:
     """SHA-256 over the sorted (record content hash, label) pairs of the training records."""
     records = sorted(
         (_record_hash(data, sources), int(label))
-        for sources, label in zip(data.train.sources, data.train.labels.tolist())
+        for sources, label in zip(data.train.sources, data.train.labels.tolist(), strict=True)
     )
     digest = hashlib.sha256(b"fedmed-dataset-v1\n")
     for content, label in records:
@@ -26,7 +26,8 @@ def dataset_fingerprint(data: SiteData) -> str:
 
 
 def _record_hash(data: SiteData, sources: tuple[str, ...]) -> str:
-    """A one-file record hashes as its file (so 2-D fingerprints stay as they were); a series over its slices' hashes."""
+    """A one-file record hashes as its file (so 2-D fingerprints stay as they were); a series over
+    its slices' hashes."""
     hashes = [hashlib.sha256((data.site_dir / name).read_bytes()).hexdigest() for name in sources]
     if len(hashes) == 1:
         return hashes[0]

@@ -13,6 +13,8 @@ function from one frame's bytes to decoded bytes) and is registered by `register
 
 from __future__ import annotations
 
+import contextlib
+
 from pydicom.pixels import get_decoder
 from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.uid import JPEGExtended12Bit
@@ -48,7 +50,5 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
 
 def register() -> None:
     """Add the plugin to pydicom's JPEG Extended decoder, once per process."""
-    try:
+    with contextlib.suppress(ValueError):  # pydicom's words for a plugin already added
         get_decoder(JPEGExtended12Bit).add_plugin(PLUGIN, (__name__, "decode_frame"))
-    except ValueError:  # pydicom's words for a plugin already added
-        pass

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["DIAGNOSTICS_LOGGER", "LIBRARY_LOGGERS", "Diagnostics", "capture_diagnostics", "capture_native_stderr", "route_diagnostics"]
+__all__ = [
+    "DIAGNOSTICS_LOGGER",
+    "LIBRARY_LOGGERS",
+    "Diagnostics",
+    "capture_diagnostics",
+    "capture_native_stderr",
+    "route_diagnostics",
+]
 
 DIAGNOSTICS_LOGGER = "fedmed.data.pydicom"
 """Where captured diagnostics are re-logged (DEBUG), prefixed with the file they are about."""

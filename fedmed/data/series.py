@@ -517,10 +517,11 @@ def _check_series(
         if problems:
             return problems
 
-    if single:
-        slice_spacing = frames[0].slice_gap or 1.0  # no neighbour to measure from
-    else:
-        slice_spacing = (located[-1][0] - located[0][0]) / (len(located) - 1)
+    slice_spacing = (
+        (frames[0].slice_gap or 1.0)  # no neighbour to measure from
+        if single
+        else (located[-1][0] - located[0][0]) / (len(located) - 1)
+    )
     first = frames[0]
     return DicomSeries(
         identity=identity,
@@ -741,7 +742,7 @@ def _normal(orientation: Sequence[float]) -> np.ndarray:
 
 
 def _close(a: Sequence[float], b: Sequence[float], tolerance: float) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= tolerance for x, y in zip(a, b))
+    return len(a) == len(b) and all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
 def _numbers(item: Dataset | None, keyword: str, count: int) -> tuple[float, ...] | None:

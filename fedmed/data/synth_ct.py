@@ -7,9 +7,9 @@ positions; only ImagePositionPatient orders the slices.
 
 A study is an axial chest CT in Hounsfield units: air, a body ellipse of soft tissue, two
 lungs, a spine, smooth low-frequency variation and pixel noise. A label-1 study has one
-spherical lesion (a large nodule, 24-36 mm in radius) inside a lung. Sites differ the way CT scanners do (`CT_SITE_PROFILES`):
-vendor tags, matrix, field of view, slice spacing, rescale slope/intercept, noise, windows
-and head-first or feet-first table direction.
+spherical lesion (a large nodule, 24-36 mm in radius) inside a lung. Sites differ the way CT
+scanners do (`CT_SITE_PROFILES`): vendor tags, matrix, field of view, slice spacing, rescale
+slope/intercept, noise, windows and head-first or feet-first table direction.
 
 Planted bias (on purpose, for the subgroup analyses to find): at site-b, nodules in female
 patients are smaller and fainter (`FEMALE_NODULE_SCALE`), so that subgroup is harder there.
@@ -230,7 +230,8 @@ def _write_study(
         ds = study_dataset(
             CT_IMAGE_STORAGE, uid(f"instance-{k}"), index=index, sex=sex, age=age, day=day, modality="CT",
             manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
-            patient_name=f"{site}^CT{index:04d}", patient_id=f"{site}-CT-{index:04d}", accession=f"{site}-CT-{index:05d}",
+            patient_name=f"{site}^CT{index:04d}", patient_id=f"{site}-CT-{index:04d}",
+            accession=f"{site}-CT-{index:05d}",
         )
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid

@@ -37,7 +37,7 @@ def resampled_shape(
 ) -> tuple[int, int, int]:
     """The (depth, height, width) that covers the same extent at `target_spacing` (at least 1 each)."""
     _check_triple("target_spacing", target_spacing)
-    depth, height, width = (max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing))
+    depth, height, width = (max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing, strict=False))
     return (depth, height, width)
 
 
@@ -113,7 +113,7 @@ def _resize(image: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     current = tuple(image.shape[1:])
     if current == shape:
         return image
-    shrunk = tuple(min(c, s) for c, s in zip(current, shape))
+    shrunk = tuple(min(c, s) for c, s in zip(current, shape, strict=False))
     if shrunk != current:
         image = _as_tensor(Resize(spatial_size=shrunk, mode="area")(image))
     if shrunk != shape:

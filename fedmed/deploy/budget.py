@@ -42,7 +42,8 @@ def budget_report(
     history = history_for(entries, fingerprint)
     spent = epsilon_of(history, delta=policy.delta, accountant=policy.accountant)
     lines = [
-        f"Privacy budget of site {site}'s dataset ({len(data.train)} training records, fingerprint {fingerprint[:16]}):",
+        f"Privacy budget of site {site}'s dataset ({len(data.train)} training records, "
+        f"fingerprint {fingerprint[:16]}):",
         f"  epsilon {spent:.3f} of {policy.max_epsilon:g} spent over {sum(s.steps for s in history)} "
         f"DP-SGD steps; {max(policy.max_epsilon - spent, 0.0):.3f} left (delta {policy.delta:g}, {policy.accountant}).",
         "  The budget covers every run on these records, for good: when it is spent, this site refuses them all.",

@@ -156,7 +156,9 @@ def provision(
     known = consortium.read()["sites"] if consortium.description.exists() else {}
     for site in sorted(set(names) | set(known)):
         _site_keys(consortium, site, announce)
-    identity = {s: load_public_key_file(public_key_path(consortium.signing_key(s))) for s in sorted(set(names) | set(known))}
+    identity = {
+        s: load_public_key_file(public_key_path(consortium.signing_key(s))) for s in sorted(set(names) | set(known))
+    }
     description = {
         "superlink": {"host": server_host, "port": port},
         "fingerprints": {
@@ -218,7 +220,9 @@ def _keep_out_of_git(root: Path, announce: Callable[[str], None]) -> None:
         )
 
 
-def _certificate_authority(consortium: Consortium, announce: Callable[[str], None]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _certificate_authority(
+    consortium: Consortium, announce: Callable[[str], None]
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     if consortium.ca_key.exists():
         announce(f"keeping the consortium CA in {consortium.ca_cert.parent}")
         key = serialization.load_pem_private_key(consortium.ca_key.read_bytes(), password=None)
@@ -259,7 +263,10 @@ def _superlink_certificate(
         return
     key = ec.generate_private_key(ec.SECP384R1())
     cert = (
-        _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]), ca_cert.subject, key.public_key(), days=CERT_DAYS)
+        _builder(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]), ca_cert.subject, key.public_key(),
+            days=CERT_DAYS,
+        )
         .add_extension(x509.SubjectAlternativeName(_subject_names(host)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -297,7 +304,9 @@ def _site_keys(consortium: Consortium, site: str, announce: Callable[[str], None
     if not consortium.signing_key(site).exists():
         generate_signing_key(consortium.signing_key(site))
         created.append("Ed25519 identity key")
-    announce(f"site {site}: " + (f"created {' and '.join(created)}" if created else "keeping its keys") + f" in {folder}")
+    announce(
+        f"site {site}: " + (f"created {' and '.join(created)}" if created else "keeping its keys") + f" in {folder}"
+    )
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: object, *, days: int) -> x509.CertificateBuilder:

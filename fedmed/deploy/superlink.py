@@ -72,7 +72,8 @@ class SuperLink:
         self._link = LoggedProcess(
             [
                 flower_bin("flower-superlink"),
-                "--ssl-ca-certfile", str(c.ca_cert), "--ssl-certfile", str(c.server_cert), "--ssl-keyfile", str(c.server_key),
+                "--ssl-ca-certfile", str(c.ca_cert), "--ssl-certfile", str(c.server_cert),
+                "--ssl-keyfile", str(c.server_key),
                 "--enable-supernode-auth", "--disable-runtime-dependency-installation",
                 "--host", self.bind, "--port", str(self.port), "--database", str(self.state / "superlink.db"),
             ],
@@ -106,7 +107,9 @@ class SuperLink:
                     continue
             except json.JSONDecodeError:
                 pass
-            raise FlowerRuntimeError(f"the SuperLink refused site {site}'s SuperNode key: {(done.stdout + done.stderr).strip()}")
+            raise FlowerRuntimeError(
+                f"the SuperLink refused site {site}'s SuperNode key: {(done.stdout + done.stderr).strip()}"
+            )
         return added
 
     def wait(self) -> int:

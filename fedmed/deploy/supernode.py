@@ -33,6 +33,7 @@ def what_leaves(policy: SitePolicy) -> str:
         "    for cross-site evaluation (the policy's share_local_model allows it);\n"
         if policy.share_local_model else ""
     )
+    max_models = policy.max_evaluation_models
     return f"""\
 What leaves this site, and nothing else:
   - each round's model update, masked by secure aggregation: the server can decode only the
@@ -43,7 +44,7 @@ What leaves this site, and nothing else:
   - per-round metrics: example counts, epsilon and delta, and, for a round this site trained in,
     test AUROC, accuracy and loss, a score histogram per class coarsened to bins of at least
     {policy.min_cell_size} patients, the number of skipped files (the training loss stays here);
-{local_model}  - once per run, for at most {policy.max_evaluation_models} models the server sends and for each sex, age band and
+{local_model}  - once per run, for at most {max_models} models the server sends and for each sex, age band and
     scanner manufacturer: patient count, prevalence, AUROC with its interval, sensitivity,
     specificity and calibration error, only for groups of at least {policy.min_cell_size} patients
     (min_cell_size); smaller groups are sent as "suppressed".
@@ -68,7 +69,9 @@ class SiteFolder:
             if (folder / "supernode-auth.key").is_file() and (folder / CONSORTIUM_FILE).is_file():
                 sites = json.loads((folder / CONSORTIUM_FILE).read_text(encoding="utf-8"))["sites"]
                 if site not in sites:
-                    raise ConfigError(f"{folder}: the consortium has no site {site!r} (it has {', '.join(sorted(sites))})")
+                    raise ConfigError(
+                        f"{folder}: the consortium has no site {site!r} (it has {', '.join(sorted(sites))})"
+                    )
                 return cls(site, folder.resolve())
         raise ConfigError(
             f"{consortium_dir}: no keys for site {site!r} here; pass the folder the coordinator handed over "
@@ -118,7 +121,8 @@ class SuperNode:
             "--root-certificates", str(site.folder / "ca.crt"),
             "--auth-supernode-private-key", str(site.folder / "supernode-auth.key"),
             "--port", str(runtime_port or 0),  # the port is chosen at start when none is given
-            "--node-config", node_config(site, data_dir=data_dir, policy=policy, state_dir=state_dir, cache_dir=cache_dir),
+            "--node-config",
+            node_config(site, data_dir=data_dir, policy=policy, state_dir=state_dir, cache_dir=cache_dir),
         ]
         self._node: LoggedProcess | None = None
 

@@ -115,7 +115,9 @@ def equalized_odds_difference(rates: Iterable[tuple[float | None, float | None]]
     return float(max(tpr.max() - tpr.min(), fpr.max() - fpr.min()))
 
 
-def score_histograms(labels: np.ndarray, scores: np.ndarray, *, bins: int = SCORE_BINS) -> tuple[np.ndarray, np.ndarray]:
+def score_histograms(
+    labels: np.ndarray, scores: np.ndarray, *, bins: int = SCORE_BINS
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts of positive and of negative cases per score bin over [0, 1]."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     labels = np.asarray(labels) >= 0.5
@@ -204,7 +206,9 @@ def roc_auc_from_histograms(positives: np.ndarray, negatives: np.ndarray) -> flo
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 256) -> np.ndarray:
+def predict_scores(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     """Probability of the positive class for each image."""
     model.to(device).eval()
     chunks = [torch.sigmoid(model(batch.to(device)).squeeze(1)).cpu() for batch in images.split(batch_size)]

@@ -90,7 +90,9 @@ def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
     return float_state(model)
 
 
-def train_without(config: ExperimentConfig, left_out: str, folder: Path, engine: SimulationEngine) -> dict[str, torch.Tensor] | None:
+def train_without(
+    config: ExperimentConfig, left_out: str, folder: Path, engine: SimulationEngine
+) -> dict[str, torch.Tensor] | None:
     """Run the federation without ``left_out`` in Flower's engine; its global model, or None."""
     from fedmed.federation.simulation import prepare_site_keys  # simulation imports this module
 

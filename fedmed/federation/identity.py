@@ -28,7 +28,9 @@ class UnverifiedSite(FedmedError):
 
 def identity_record(key: Ed25519PrivateKey, *, site: str, run: int, node: int, request: str) -> ConfigRecord:
     """The signed statement a site adds to every reply it sends."""
-    statement = sign_statement(key, protocol=PROTOCOL, kind="reply", site=site, run=int(run), node=int(node), request=request)
+    statement = sign_statement(
+        key, protocol=PROTOCOL, kind="reply", site=site, run=int(run), node=int(node), request=request
+    )
     return ConfigRecord({Key.SITE_ID: site, Key.SIGNATURE: statement})
 
 

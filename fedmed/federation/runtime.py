@@ -209,7 +209,9 @@ def wait_healthy(
         except OSError:
             pass
         time.sleep(0.2)
-    where = f"; see {log_path}" if log_path else " (is `fedmed server start` running, and its port reachable from here?)"
+    where = (
+        f"; see {log_path}" if log_path else " (is `fedmed server start` running, and its port reachable from here?)"
+    )
     raise FlowerRuntimeError(f"the SuperLink at {url.rsplit('/', 1)[0]} did not answer in {timeout:.0f} s{where}")
 
 
@@ -224,7 +226,7 @@ class LoggedProcess:
 
     def __init__(self, command: list[str], *, env: dict[str, str], cwd: Path, log_path: Path, mode: str = "a") -> None:
         self.log_path = log_path
-        self._log = open(log_path, mode, encoding="utf-8")
+        self._log = open(log_path, mode, encoding="utf-8")  # noqa: SIM115 - kept open for the process, closed by stop()
         self.log_offset = self._log.tell()
         """Where this start's output begins in the log."""
         self.process = subprocess.Popen(

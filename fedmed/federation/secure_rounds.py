@@ -72,7 +72,9 @@ def begin_round(
     ``examples`` (the site's training records, its FedAvg weight) goes into the signed
     advert; ``min_group`` is the smallest group the site's policy lets it be summed in.
     """
-    session = SiteSession.begin(site=site, run=run, round=round, identity=identity, examples=examples, min_group=min_group)
+    session = SiteSession.begin(
+        site=site, run=run, round=round, identity=identity, examples=examples, min_group=min_group
+    )
     state[RECORD] = ConfigRecord({Field.SESSION: session.to_bytes()})
     state[UPDATE] = ArrayRecord({Field.MASKED: Array(flatten(update).astype(np.float32))})
     return session.advert
@@ -107,7 +109,9 @@ def site_step(
         masked = session.mask(sealed, state[UPDATE][Field.MASKED].numpy())
         del state[UPDATE]
         kept[Field.SESSION] = session.to_bytes()
-        return RecordDict({RECORD: ConfigRecord({Field.STAGE: stage}), UPDATE: ArrayRecord({Field.MASKED: Array(masked)})})
+        return RecordDict(
+            {RECORD: ConfigRecord({Field.STAGE: stage}), UPDATE: ArrayRecord({Field.MASKED: Array(masked)})}
+        )
     elif stage == "confirm":
         reply = ConfigRecord({Field.CONFIRMATION: session.confirm(request[Field.SURVIVORS], identity=identity)})
     elif stage == "reveal":
@@ -164,7 +168,9 @@ def secure_aggregate(
         messages = []
         for site, fields in requests.items():
             record = ConfigRecord({Field.STAGE: stage, Field.ROUND: server_round, **fields})
-            messages.append(Message(RecordDict({RECORD: record}), nodes[site], MESSAGE_TYPE, group_id=str(server_round)))
+            messages.append(
+                Message(RecordDict({RECORD: record}), nodes[site], MESSAGE_TYPE, group_id=str(server_round))
+            )
         replies = list(grid.send_and_receive(messages))
         # by the message answered: a SuperLink's "node unavailable" reply comes from the SuperLink itself
         site_of = {m.metadata.message_id: site for m, site in zip(messages, requests, strict=True)}
@@ -189,7 +195,9 @@ def secure_aggregate(
     })
     survivors = session.accept_masked({site: a[UPDATE][Field.MASKED].numpy() for site, a in answers.items()})
     answers = ask("confirm", {site: {Field.SURVIVORS: survivors} for site in survivors})
-    confirmations = session.accept_confirmations({site: bytes(a[RECORD][Field.CONFIRMATION]) for site, a in answers.items()})
+    confirmations = session.accept_confirmations(
+        {site: bytes(a[RECORD][Field.CONFIRMATION]) for site, a in answers.items()}
+    )
     answers = ask("reveal", {
         site: {Field.ALIVE: survivors, Field.DROPPED: session.dropped, Field.CONFIRMATIONS: confirmations}
         for site in survivors

@@ -68,11 +68,15 @@ class SiteTrackingFedAvg(FedAvg):
         self._global: ArrayRecord | None = None
         self._trained_nodes: list[int] = []
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._grid, self._global = grid, arrays  # secure aggregation talks to the sites again
         return super().configure_train(server_round, arrays, config, grid)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Ask the sites that trained this round: a site evaluates only such a round's model."""
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         return [m for m in messages if m.metadata.dst_node_id in self._trained_nodes]
@@ -97,7 +101,9 @@ class SiteTrackingFedAvg(FedAvg):
             )
         return verified
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         verified = self._sort_replies(server_round, replies, "train")
         self._trained_nodes = [msg.metadata.src_node_id for _, msg in verified]
         for site, msg in verified:
@@ -180,7 +186,9 @@ class TrainedFederation:
     """The weights every site started from; local-only models start from them too."""
 
 
-def train_federation(grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, registry: SiteRegistry) -> TrainedFederation:
+def train_federation(
+    grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, registry: SiteRegistry
+) -> TrainedFederation:
     torch.manual_seed(config.training.seed)  # the initial model is public: every site receives it
     model = create_model(config.model.name, spec=config.data)
     strategy = SiteTrackingFedAvg(

@@ -154,7 +154,9 @@ def _train_privately(
         model=plan.model.name, local_epochs=training.local_epochs,
         secure_aggregation=plan.secure_aggregation.enabled,
     )
-    check_randomness(policy, site=site.site_id, unsafe_reproducible=training.unsafe_reproducible, simulated=site.simulated)
+    check_randomness(
+        policy, site=site.site_id, unsafe_reproducible=training.unsafe_reproducible, simulated=site.simulated
+    )
     data = _load(site, plan)
     # The site keeps its books at its own delta and accountant, whatever the run asks.
     terms = plan.privacy.model_copy(update={"delta": policy.delta, "accountant": policy.accountant})
@@ -390,7 +392,9 @@ def _evaluate_cross_site(msg: Message, context: Context, site: Site) -> Message:
     seed = plan.training.seed if plan.training.unsafe_reproducible else bootstrap_seed()
     cells, subgroups = {}, {}
     for model_id, arrays in models.items():
-        scores = predict_scores(_model(plan, state_from_arrays(arrays), site=site.site_id), data.test.images, device=device)
+        scores = predict_scores(
+            _model(plan, state_from_arrays(arrays), site=site.site_id), data.test.images, device=device
+        )
         analysis = evaluate_subgroups(  # groups for the global model; the others' overall cell only
             labels, scores, data.test.metadata, threshold=settings.threshold, min_cell_size=policy.min_cell_size,
             confidence=settings.confidence, n_resamples=settings.bootstrap_samples, seed=seed,

@@ -497,7 +497,9 @@ def _audit_file(ledger: Path, unverified: list[dict[str, Any]], site: str, trust
     public_key, source, vouched = trusted.key_for(site, ledger)
     audit = audit_ledger(unverified, public_key, site=site)
     verdict = "unverified" if audit.verdict == "pass" and vouched == KEY_BESIDE_LEDGER else audit.verdict
-    return replace(audit, verdict=verdict, key_source=vouched, public_key_source=source, notes=[*audit.notes, *trusted.notes])
+    return replace(
+        audit, verdict=verdict, key_source=vouched, public_key_source=source, notes=[*audit.notes, *trusted.notes]
+    )
 
 
 # ---------------------------------------------------------------- rendering

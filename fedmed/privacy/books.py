@@ -33,7 +33,9 @@ LEDGER_FILE = "ledger.jsonl"
 class PrivacyBooks:
     """Spend on one dataset (by fingerprint) at one site, kept in ``state_dir``."""
 
-    def __init__(self, state_dir: Path, *, site: str, fingerprint: str, accountant: str, key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, state_dir: Path, *, site: str, fingerprint: str, accountant: str, key: Ed25519PrivateKey
+    ) -> None:
         self.site = site
         self.fingerprint = fingerprint
         self.key = key

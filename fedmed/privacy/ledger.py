@@ -35,7 +35,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -499,7 +499,7 @@ def append_entry(
     problems = [problem for name, value in given.items() if (problem := _field_problem(name, value))]
     if problems:
         raise LedgerError(f"{path}: refusing to write a ledger entry: " + "; ".join(problems))
-    when = now if now is not None else datetime.now(timezone.utc)
+    when = now if now is not None else datetime.now(UTC)
     if when.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     path = Path(path)
@@ -525,7 +525,7 @@ def append_entry(
             "index": len(entries),
             **given,
             "fedmed_version": __version__,
-            "time": when.astimezone(timezone.utc).isoformat(timespec="milliseconds"),
+            "time": when.astimezone(UTC).isoformat(timespec="milliseconds"),
             "prev_hash": entries[-1].entry_hash if entries else GENESIS_HASH,
         }
         entry_hash = compute_entry_hash(body)

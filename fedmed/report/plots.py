@@ -77,7 +77,9 @@ def plot_epsilon(results: dict[str, Any], sites: list[str]) -> bytes | None:
             if budget is not None:
                 axes.axhline(budget, color=colour, linestyle="--", linewidth=1.2, label=f"{site} budget")
         local = any((results.get("sites") or {}).get(site, {}).get("local_model") for site in sites)
-        axes.set_title("Epsilon spent (cumulative), budget dashed" + ("; star: after the local-only model" if local else ""))
+        axes.set_title(
+            "Epsilon spent (cumulative), budget dashed" + ("; star: after the local-only model" if local else "")
+        )
         _finish_axes(axes, ticker)
         if local and all(isinstance(n, int) for n in numbers):
             axes.set_xticks([*numbers, numbers[-1] + 1], [str(n) for n in numbers] + ["local model"])

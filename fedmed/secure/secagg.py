@@ -140,7 +140,9 @@ def self_mask_key(seed: bytes, *, run: str, round: int, site: str) -> bytes:
     return _derive(seed, "self-mask", run, round, site)
 
 
-def _share_cipher(private: bytes, public: bytes, *, run: str, round: int, sender: str, recipient: str) -> tuple[ChaCha20Poly1305, bytes]:
+def _share_cipher(
+    private: bytes, public: bytes, *, run: str, round: int, sender: str, recipient: str
+) -> tuple[ChaCha20Poly1305, bytes]:
     label = (run, round, sender, recipient)
     return ChaCha20Poly1305(_derive(_agree(private, public), "share", *label)), "|".join(map(str, label)).encode()
 
@@ -283,7 +285,9 @@ class SiteSession:
         masked = np.array(encode(update, self.weight, n_sites=len(self.participants)), dtype=RING, copy=True)
         add_mask(masked, self_mask_key(self.self_seed, run=self.run, round=self.round, site=self.site))
         for peer in sorted(senders - {self.site}):
-            key = pair_mask_key(self.mask_key, self.mask_public[peer], run=self.run, round=self.round, pair=(self.site, peer))
+            key = pair_mask_key(
+                self.mask_key, self.mask_public[peer], run=self.run, round=self.round, pair=(self.site, peer)
+            )
             add_mask(masked, key, subtract=self.site > peer)
         self.stage = "masked"
         return masked
@@ -304,7 +308,9 @@ class SiteSession:
             senders=sorted(self.shares), survivors=survivors,
         )
 
-    def reveal(self, *, alive: Iterable[str], dropped: Iterable[str], confirmations: Iterable[bytes], manifest: Manifest) -> dict[str, bytes]:
+    def reveal(
+        self, *, alive: Iterable[str], dropped: Iterable[str], confirmations: Iterable[bytes], manifest: Manifest
+    ) -> dict[str, bytes]:
         """This site's share for each peer: self-mask share if alive, mask-key share if dropped (step 5).
 
         Raises:
@@ -362,7 +368,9 @@ class SiteSession:
     def from_bytes(cls, data: bytes) -> SiteSession:
         def decode_value(value: object) -> object:
             if isinstance(value, dict):
-                return bytes.fromhex(value["hex"]) if set(value) == {"hex"} else {k: decode_value(v) for k, v in value.items()}
+                if set(value) == {"hex"}:
+                    return bytes.fromhex(value["hex"])
+                return {k: decode_value(v) for k, v in value.items()}
             return value
         return cls(**{k: decode_value(v) for k, v in json.loads(data).items()})
 
@@ -430,7 +438,10 @@ class ServerSession:
     def route_shares(self, sealed: Mapping[str, Mapping[str, bytes]]) -> dict[str, dict[str, bytes]]:
         """Turn each sender's shares-by-holder into each holder's shares-by-sender."""
         self.shared = self._enough((s for s in sealed if s in self.adverts), "sent their shares")
-        return {holder: {sender: sealed[sender][holder] for sender in self.shared if holder in sealed[sender]} for holder in self.shared}
+        return {
+            holder: {sender: sealed[sender][holder] for sender in self.shared if holder in sealed[sender]}
+            for holder in self.shared
+        }
 
     def accept_masked(self, masked: Mapping[str, np.ndarray]) -> list[str]:
         """Add up the masked inputs; return the survivors (U3) for the sites to confirm."""
@@ -482,7 +493,9 @@ class ServerSession:
                 add_mask(total, pair_key, subtract=site < gone)
         return total
 
-    def _rebuild(self, owner: str, revealed: Mapping[str, Mapping[str, bytes]], revealers: list[str], index: dict[str, int]) -> bytes:
+    def _rebuild(
+        self, owner: str, revealed: Mapping[str, Mapping[str, bytes]], revealers: list[str], index: dict[str, int]
+    ) -> bytes:
         shares = {index[r]: revealed[r][owner] for r in revealers if owner in revealed[r]}
         if len(shares) < self.threshold:
             raise RoundAbandoned(

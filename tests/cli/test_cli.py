@@ -27,7 +27,8 @@ privacy: {{target_epsilon: 1.0}}
          "training.epochz: unknown key"),
         ("name: t\ndata: {root: d, sites: [a]}\ntraining: {rounds: many}\nprivacy: {target_epsilon: 1}\n",
          "training.rounds: Input should be a valid integer"),
-        ("name: t\ndata: {root: d, sites: [a]}\nmodel: {name: resnet}\ntraining: {rounds: 1}\nprivacy: {target_epsilon: 1}\n",
+        ("name: t\ndata: {root: d, sites: [a]}\nmodel: {name: resnet}\n"
+         "training: {rounds: 1}\nprivacy: {target_epsilon: 1}\n",
          "unknown model 'resnet'"),
     ],
     ids=["malformed-yaml", "unknown-key", "wrong-type", "unknown-model"],

@@ -188,7 +188,10 @@ INVALID = [
     ),
     pytest.param(
         MINIMAL + "model:\n  name: resnet50\n",
-        [r"model\.name: unknown model 'resnet50'", r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d"],
+        [
+            r"model\.name: unknown model 'resnet50'",
+            r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d",
+        ],
         id="unknown-model",
     ),
     pytest.param(

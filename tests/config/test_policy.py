@@ -180,7 +180,11 @@ def test_invalid_policy_names_file_and_key(tmp_path: Path, text: str, patterns: 
             r": invalid configuration\n  allowed_models: unknown model 'densenet12' \(did you mean 'densenet121'\?\); "
             r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d$",
         ),
-        ("[resnet50]", r": invalid configuration\n  allowed_models: unknown model 'resnet50'; available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d$"),
+        (
+            "[resnet50]",
+            r": invalid configuration\n  allowed_models: unknown model 'resnet50'; "
+            r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d$",
+        ),
     ],
     ids=["did-you-mean", "no-close-match"],
 )

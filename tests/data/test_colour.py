@@ -102,11 +102,13 @@ class TestYbr:
     )
     def test_shipped_jpeg_ybr_reads_as_rgb(self, name: str) -> None:
         image = read_dicom_image(TEST_FILES / name, size=32, channels=3)
-        assert image.shape == (3, 32, 32) and 0.0 <= image.min() and image.max() <= 1.0
+        assert image.shape == (3, 32, 32) and image.min() >= 0.0 and image.max() <= 1.0
         # pydicom's pixel_array converts YBR to RGB once; fedmed must not convert again
         ds = read_dataset(TEST_FILES / name, stop_before_pixels=False)
         reference = pydicom.dcmread(TEST_FILES / name).pixel_array
-        np.testing.assert_array_equal(decode_pixels(TEST_FILES / name, ds), reference.reshape(-1, *reference.shape[-3:]))
+        np.testing.assert_array_equal(
+            decode_pixels(TEST_FILES / name, ds), reference.reshape(-1, *reference.shape[-3:])
+        )
 
     def test_shipped_jpeg_ybr_matches_its_rgb_original(self) -> None:
         image = read_dicom_image(TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm", size=100, channels=3)
@@ -126,7 +128,7 @@ class TestPalette:
         if with_lut:
             lut = np.zeros((3, 256), dtype=np.uint16)
             lut[:, :4] = np.array([[0, 65535, 0, 0], [0, 0, 65535, 0], [0, 0, 0, 65535]])
-            for colour, values in zip(("Red", "Green", "Blue"), lut):
+            for colour, values in zip(("Red", "Green", "Blue"), lut, strict=True):
                 setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
                 setattr(ds, f"{colour}PaletteColorLookupTableData", values.tobytes())
         return ds
@@ -139,7 +141,9 @@ class TestPalette:
 
     def test_palette_without_lut_is_refused_naming_tags(self, tmp_path: Path) -> None:
         path = write(tmp_path, self.palette_dataset(with_lut=False))
-        with pytest.raises(DicomReadError, match=r"without its palette.*\(0028,1101-1103\).*\(0028,1201-1203\).*re-export"):
+        with pytest.raises(
+            DicomReadError, match=r"without its palette.*\(0028,1101-1103\).*\(0028,1201-1203\).*re-export"
+        ):
             read_dicom_image(path, size=4)
 
     def test_shipped_palette_example(self) -> None:

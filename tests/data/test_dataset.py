@@ -49,7 +49,7 @@ def test_loads_a_synthesized_site(site: Path) -> None:
         assert isinstance(part, ImageSet)
         assert part.images.shape == (len(part), 1, SIZE, SIZE)
         assert part.images.dtype == torch.float32 and part.labels.dtype == torch.float32
-        assert 0.0 <= part.images.min() and part.images.max() <= 1.0
+        assert part.images.min() >= 0.0 and part.images.max() <= 1.0
         assert set(part.labels.tolist()) == {0.0, 1.0}
         assert len(part.metadata) == len(part.files) == len(part)
         assert {m.sex for m in part.metadata} <= {"M", "F"}

@@ -49,7 +49,7 @@ def test_series_named_by_folder_and_by_uid_become_volumes(hospitals: list[Path])
     for data in (by_folder, by_uid):
         assert len(data.train) + len(data.test) == 10 and not data.skipped
         assert data.train.images.shape[1:] == (1, *SHAPE) and data.train.images.dtype.is_floating_point
-        assert 0.0 <= float(data.train.images.min()) and float(data.train.images.max()) <= 1.0
+        assert float(data.train.images.min()) >= 0.0 and float(data.train.images.max()) <= 1.0
         assert all(len(sources) == 6 for sources in data.train.sources)  # every slice, in order
         assert data.train.metadata[0].modality == "CT" and data.train.metadata[0].manufacturer
     assert by_uid.train.files[0].startswith("1.2.")  # named as its manifest names it
@@ -151,7 +151,9 @@ def test_the_fingerprint_covers_every_slice(site: Path) -> None:
     assert dataset_fingerprint(load_site_data(site, spec=SPEC)) != before
 
 
-def test_a_cached_load_does_not_parse_headers_again(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_load_does_not_parse_headers_again(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Grouping is remembered by the files' names, sizes and times; a touched file is grouped again."""
     from fedmed.data import dataset as dataset_module
 

@@ -229,14 +229,18 @@ class TestSizesRefusedBeforeDecoding:
         decoder = get_decoder(ExplicitVRLittleEndian)
         monkeypatch.setattr(type(decoder), "as_array", lambda *a, **k: pytest.fail("decoding was attempted"))
         start = time.perf_counter()
-        with pytest.raises(DicomReadError, match=rf"image too large.*Rows 60000 x \(0028,0011\) Columns 60000.*{MAX_SIDE}"):
+        with pytest.raises(
+            DicomReadError, match=rf"image too large.*Rows 60000 x \(0028,0011\) Columns 60000.*{MAX_SIDE}"
+        ):
             read_dicom_image(path, size=8)
         assert time.perf_counter() - start < 1.0
 
     def test_frame_over_one_gib(self, tmp_path: Path) -> None:
         path = self.header(tmp_path, Rows=30000, Columns=30000, SamplesPerPixel=3, PhotometricInterpretation="RGB",
                            BitsAllocated=8, BitsStored=8, HighBit=7, PlanarConfiguration=0)
-        with pytest.raises(DicomReadError, match=r"image too large.*Samples 3 x \(0028,0100\) 8 bits = 2.51 GiB a frame"):
+        with pytest.raises(
+            DicomReadError, match=r"image too large.*Samples 3 x \(0028,0100\) 8 bits = 2.51 GiB a frame"
+        ):
             read_dicom_image(path, size=8)
 
     def test_all_frames_over_four_gib_but_one_frame_is_fine(self, tmp_path: Path) -> None:
@@ -250,7 +254,9 @@ class TestSizesRefusedBeforeDecoding:
     @pytest.mark.parametrize(("rows", "columns"), [(0, 4), (4, 0)])
     def test_zero_rows_or_columns(self, tmp_path: Path, rows: int, columns: int) -> None:
         path = self.header(tmp_path, Rows=rows, Columns=columns)
-        with pytest.raises(DicomReadError, match=rf"invalid image size.*Rows is {rows} and \(0028,0011\) Columns is {columns}"):
+        with pytest.raises(
+            DicomReadError, match=rf"invalid image size.*Rows is {rows} and \(0028,0011\) Columns is {columns}"
+        ):
             read_dicom_image(path, size=8)
 
     def test_jpeg_2000_codestream_declaring_huge_dimensions(self, tmp_path: Path, capfd) -> None:

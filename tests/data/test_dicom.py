@@ -98,7 +98,7 @@ class TestReadDicomImage:
         arr = np.random.default_rng(0).integers(0, 4096, shape, dtype=np.uint16)
         image = read_gray(write_dicom(tmp_path / "r.dcm", arr), size=size)
         assert image.shape == (size, size) and image.dtype == np.float32
-        assert 0.0 <= image.min() and image.max() <= 1.0
+        assert image.min() >= 0.0 and image.max() <= 1.0
 
     def test_multi_frame_gives_middle_frame(self, tmp_path: Path) -> None:
         frames = np.stack([np.full((8, 8), 100, np.uint16) for _ in range(3)])

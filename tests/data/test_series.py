@@ -303,7 +303,7 @@ class TestPreprocessVolume:
         assert resampled_shape((6, ROWS, COLUMNS), ct_volume.spacing, (1.25, 1.6, 1.4)) == (12, 3, 4)
         out = preprocess_volume(ct_volume, target_spacing=(1.25, 1.6, 1.4))
         assert out.dtype == np.float32 and out.shape == (1, 12, 3, 4)
-        assert 0.0 <= out.min() and out.max() <= 1.0
+        assert out.min() >= 0.0 and out.max() <= 1.0
 
     def test_resize_to_a_shape_averages_when_shrinking(self, ct_volume) -> None:
         out = preprocess_volume(ct_volume, target_shape=(3, 3, 4), window=(0.0, 10_000.0))

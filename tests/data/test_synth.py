@@ -49,7 +49,7 @@ def test_same_seed_gives_identical_bytes(sites: list[Path], tmp_path: Path) -> N
     again = synthesize_hospitals(
         tmp_path, n_sites=3, images_per_site=N_IMAGES, image_size=SIZE, seed=7
     )
-    for first, second in zip(sites, again):
+    for first, second in zip(sites, again, strict=True):
         assert (first / "labels.csv").read_bytes() == (second / "labels.csv").read_bytes()
         for row in read_rows(first)[:5]:
             assert (first / row["file"]).read_bytes() == (second / row["file"]).read_bytes()
@@ -74,7 +74,7 @@ def test_tags_are_present_and_site_specific(sites: list[Path]) -> None:
     assert len({ds.Manufacturer for ds in first}) == 3
     assert len({ds.ManufacturerModelName for ds in first}) == 3
     assert len({ds.Rows for ds in first}) == 3
-    for site, ds in zip(sites, first):
+    for site, ds in zip(sites, first, strict=True):
         assert ds.SOPInstanceUID.is_valid and ds.StudyInstanceUID.is_valid
         assert ds.PatientSex in ("M", "F")
         assert len(ds.PatientAge) == 4 and ds.PatientAge.endswith("Y")

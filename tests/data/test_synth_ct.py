@@ -34,7 +34,7 @@ def study(site: Path, index: int) -> list:
 
 
 def test_every_study_is_a_series_of_single_slice_files(sites: list[Path]) -> None:
-    for site, profile in zip(sites, CT_SITE_PROFILES):
+    for site, profile in zip(sites, CT_SITE_PROFILES, strict=True):
         for index in range(8):
             slices = study(site, index)
             assert len(slices) == SLICES

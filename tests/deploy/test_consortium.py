@@ -79,9 +79,13 @@ class World:
             log_path=self.root / f"{site}-{time.monotonic_ns()}.log",
         )
 
-    def run(self, name: str, sites: list[str], on_event: Callable[[dict], None] = lambda _: None) -> tuple[RunStatus, dict]:
+    def run(
+        self, name: str, sites: list[str], on_event: Callable[[dict], None] = lambda _: None
+    ) -> tuple[RunStatus, dict]:
         path = write_experiment(self.root / f"{name}.yaml", self.data, sites)
-        status, results = run_on_consortium(load_config(path), path, self.root / name, self.consortium, on_event=on_event)
+        status, results = run_on_consortium(
+            load_config(path), path, self.root / name, self.consortium, on_event=on_event
+        )
         assert results is not None, f"{status}: see {self.root / name / 'flower.log'}"
         return status, results
 
@@ -208,7 +212,9 @@ def test_a_bundle_the_hospitals_did_not_review_never_runs_at_a_site(
     def tampered(destination: Path) -> Path:
         app = real_stage_app(destination)
         client = app / "client" / "app.py"
-        client.write_text(f"open({str(marker)!r}, 'w').close()\n" + client.read_text(encoding="utf-8"), encoding="utf-8")
+        client.write_text(
+            f"open({str(marker)!r}, 'w').close()\n" + client.read_text(encoding="utf-8"), encoding="utf-8"
+        )
         return app
 
     monkeypatch.setattr(runtime, "stage_app", tampered)

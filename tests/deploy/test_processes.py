@@ -81,7 +81,9 @@ def node_status(link: SuperLink) -> list[str]:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_a_node_stops_with_its_flower_processes_and_leaves(link: SuperLink, stop: signal.Signals, tmp_path: Path) -> None:
+def test_a_node_stops_with_its_flower_processes_and_leaves(
+    link: SuperLink, stop: signal.Signals, tmp_path: Path
+) -> None:
     root = link.consortium.root.parent
     state = tmp_path / "state"
     node = start(

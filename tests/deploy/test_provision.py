@@ -24,7 +24,9 @@ SITES = ["site-a", "site-b"]
 
 @pytest.fixture()
 def consortium(tmp_path: Path) -> Consortium:
-    return provision(tmp_path / "consortium", sites=SITES, server_host="link.example.org", port=9444, announce=lambda _: None)
+    return provision(
+        tmp_path / "consortium", sites=SITES, server_host="link.example.org", port=9444, announce=lambda _: None
+    )
 
 
 def test_every_private_key_is_owner_only_and_in_its_party_folder(consortium: Consortium) -> None:
@@ -70,7 +72,9 @@ def test_provisioning_again_keeps_every_key_and_adds_new_sites(consortium: Conso
         p: p.read_bytes() for p in consortium.root.rglob("*.pem")
     }
     said: list[str] = []
-    again = provision(consortium.root, sites=["site-c"], server_host="link.example.org", port=9444, announce=said.append)
+    again = provision(
+        consortium.root, sites=["site-c"], server_host="link.example.org", port=9444, announce=said.append
+    )
     assert again.sites() == ["site-a", "site-b", "site-c"]
     assert all(path.read_bytes() == content for path, content in before.items())
     assert "keeping the consortium CA" in said[0] and any("site site-c: created" in s for s in said)

@@ -208,7 +208,7 @@ def test_score_groups_cover_the_cell_size_and_every_case() -> None:
     patients = [f"p{i // 2}" for i in range(95)]  # two images a patient
     groups = score_groups(labels, scores, patients=patients, min_patients=10)
     assert sum(g[2] for g in groups) == labels.sum() and sum(g[2] + g[3] for g in groups) == 95
-    assert all(a[1] < b[0] for a, b in zip(groups, groups[1:]))
+    assert all(a[1] < b[0] for a, b in zip(groups, groups[1:], strict=False))
     for low, high, _, _ in groups:
         binned = np.clip(np.digitize(scores, np.linspace(0, 1, SCORE_BINS + 1)[1:-1]), 0, SCORE_BINS - 1)
         members = np.flatnonzero((binned >= low) & (binned <= high))
@@ -227,8 +227,8 @@ def test_pooled_auroc_from_fine_groups_is_the_exact_pooled_auroc() -> None:
         labels = rng.integers(0, 2, 300)
         scores = np.clip(0.5 + 0.2 * (labels - 0.5) + shift + 0.15 * rng.standard_normal(300), 0, 1)
         sites.append((labels, scores))
-    released = [(score_groups(l, s, patients=list(range(len(l))), min_patients=1), roc_auc(l, s)) for l, s in sites]
-    pooled = roc_auc(np.concatenate([l for l, _ in sites]), np.concatenate([s for _, s in sites]))
+    released = [(score_groups(y, s, patients=list(range(len(y))), min_patients=1), roc_auc(y, s)) for y, s in sites]
+    pooled = roc_auc(np.concatenate([y for y, _ in sites]), np.concatenate([s for _, s in sites]))
     assert pooled_auroc(released) == pytest.approx(pooled, abs=1.0 / SCORE_BINS)
 
 
@@ -239,7 +239,7 @@ def test_coarse_groups_pull_the_pooled_auroc_towards_one_half() -> None:
         labels = rng.integers(0, 2, 30)
         scores = np.clip(0.5 + 0.3 * (labels - 0.5) + 0.1 * rng.standard_normal(30), 0, 1)
         sites.append((labels, scores))
-    coarse = [(score_groups(l, s, patients=list(range(30)), min_patients=10), roc_auc(l, s)) for l, s in sites]
-    exact = roc_auc(np.concatenate([l for l, _ in sites]), np.concatenate([s for _, s in sites]))
+    coarse = [(score_groups(y, s, patients=list(range(30)), min_patients=10), roc_auc(y, s)) for y, s in sites]
+    exact = roc_auc(np.concatenate([y for y, _ in sites]), np.concatenate([s for _, s in sites]))
     assert 0.5 < pooled_auroc(coarse) <= exact
     assert pooled_auroc([([(0, 99, 0, 5)], None)]) is None  # one class: no AUROC

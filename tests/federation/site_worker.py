@@ -58,7 +58,8 @@ def die(*_: object, **__: object) -> None:
 
 
 def main() -> None:
-    site_dir, state_dir, policy, server_round = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    site_dir, state_dir, policy = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    server_round = int(sys.argv[4])
     crash = sys.argv[5] if len(sys.argv) > 5 else None
     torch.set_num_threads(1)
     if crash == "after-train":

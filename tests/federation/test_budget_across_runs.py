@@ -34,7 +34,10 @@ def epsilon_after(n_train: int, rounds: int) -> float:
 
 def test_second_run_continues_from_the_first_and_stops_at_the_budget(tmp_path: Path) -> None:
     synthesize_hospitals(tmp_path / "hospitals", n_sites=2, images_per_site=60, image_size=32, seed=5)
-    n_train = {s: len(load_site_data(tmp_path / "hospitals" / s, spec=InputConfig(image_size=32)).train) for s in ("site-a", "site-b")}
+    n_train = {
+        s: len(load_site_data(tmp_path / "hospitals" / s, spec=InputConfig(image_size=32)).train)
+        for s in ("site-a", "site-b")
+    }
     # a budget that allows exactly one round more than the first run's two
     budget = min((epsilon_after(n, 3) + epsilon_after(n, 4)) / 2 for n in n_train.values())
     assert all(epsilon_after(n, 3) < budget < epsilon_after(n, 4) for n in n_train.values())

@@ -99,7 +99,9 @@ def test_every_model_is_evaluated_at_every_site(federation: tuple[dict, list[Mes
     assert evaluation["comparison"]["site-a"]["pooled"] is None  # not trained outside simulation baselines
 
 
-def test_a_site_that_keeps_its_local_model_is_named_with_its_reason(federation: tuple[dict, list[Message], Path]) -> None:
+def test_a_site_that_keeps_its_local_model_is_named_with_its_reason(
+    federation: tuple[dict, list[Message], Path],
+) -> None:
     results, _, _ = federation
     reason = results["evaluation"]["refused"]["local:site-c"]
     assert "site-c" in reason and "share_local_model" in reason
@@ -123,7 +125,9 @@ def test_small_cells_leave_the_site_as_the_word_suppressed_only(federation: tupl
     assert set(sex["groups"]) >= {"F", "M"} and all("n" in cell for cell in sex["groups"].values())
 
 
-def test_the_local_models_spend_is_on_the_books_and_the_audit_passes(federation: tuple[dict, list[Message], Path]) -> None:
+def test_the_local_models_spend_is_on_the_books_and_the_audit_passes(
+    federation: tuple[dict, list[Message], Path],
+) -> None:
     results, _, out = federation
     local = results["sites"]["site-a"]["local_model"]
     assert local["epsilon"] > results["rounds"][-1]["sites"]["site-a"]["epsilon"]  # spent after the federation
@@ -142,7 +146,8 @@ def test_an_unreadable_evaluation_reply_is_recorded_and_the_others_kept(tmp_path
     @other_code.evaluate(CROSS_SITE_ACTION)
     def answer(msg: Message, context: Context) -> Message:
         site = SITES[int(context.node_config[Key.PARTITION_ID])]
-        text = "not json" if site == "site-b" else json.dumps({"models": {"global": {"suppressed": True}}, "subgroups": {}})
+        reply = {"models": {"global": {"suppressed": True}}, "subgroups": {}}
+        text = "not json" if site == "site-b" else json.dumps(reply)
         identity = identity_record(keys[site], site=site, run=msg.metadata.run_id, node=context.node_id,
                                    request=msg.metadata.message_id)
         content = RecordDict({Key.SITE: ConfigRecord({Key.EVALUATION: text}), Key.IDENTITY: identity})
@@ -160,6 +165,8 @@ def test_an_unreadable_evaluation_reply_is_recorded_and_the_others_kept(tmp_path
         grid, config, recorder, registry=registry, global_arrays=weights, initial_arrays=weights, baselines={},
     )
     evaluation = recorder.results(status="completed", reason=None)["evaluation"]
-    assert evaluation["matrix"]["global"] == {"site-a": {"suppressed": True}, "site-b": None, "site-c": {"suppressed": True}}
+    assert evaluation["matrix"]["global"] == {
+        "site-a": {"suppressed": True}, "site-b": None, "site-c": {"suppressed": True}
+    }
     (failure,) = evaluation["failures"]
     assert failure["node"] == 11 and "unreadable evaluation reply" in failure["reason"]

@@ -51,7 +51,9 @@ class Site:
         self.config = load_config(path)
         prepare_site_keys(self.config)
         self.grid = LoopbackGrid(client_app, {NODE: {Key.PARTITION_ID: 0}}, run_config={Key.CONFIG_PATH: str(path)})
-        self.data = load_site_data(folder / "data" / "site-a", spec=InputConfig(image_size=IMAGE_SIZE), cache_dir=folder / "cache")
+        self.data = load_site_data(
+            folder / "data" / "site-a", spec=InputConfig(image_size=IMAGE_SIZE), cache_dir=folder / "cache"
+        )
 
     def ask(self, message_type: str, content: RecordDict, server_round: int = 1) -> Message:
         plan = encode_plan(self.config)
@@ -99,7 +101,7 @@ def test_a_crafted_model_reads_no_bin_smaller_than_the_cell_size(site: Site) -> 
     groups = [flat[k : k + 4] for k in range(0, len(flat), 4)]
     assert sum(g[2] + g[3] for g in groups) == len(labels) and sum(g[2] for g in groups) == exact_positives.sum()
     assert min(g[2] + g[3] for g in groups) >= CELL  # one patient per image here: images are patients
-    assert all(a[1] < b[0] for a, b in zip(groups, groups[1:]))  # ordered, non-overlapping bin ranges
+    assert all(a[1] < b[0] for a, b in zip(groups, groups[1:], strict=False))  # ordered, non-overlapping bin ranges
 
 
 def test_a_round_is_evaluated_once_and_only_if_the_site_trained_in_it(site: Site) -> None:

@@ -59,7 +59,9 @@ def test_the_planted_bias_is_found_in_plain_words(run: tuple[subprocess.Complete
     assert text in completed.stdout
 
 
-def test_every_model_and_baseline_is_evaluated_at_every_site(run: tuple[subprocess.CompletedProcess[str], Path, dict]) -> None:
+def test_every_model_and_baseline_is_evaluated_at_every_site(
+    run: tuple[subprocess.CompletedProcess[str], Path, dict],
+) -> None:
     _, _, results = run
     evaluation = results["evaluation"]
     expected = ["global", *(f"local:{s}" for s in SITES), "pooled", *(f"without:{s}" for s in SITES)]
@@ -73,7 +75,9 @@ def test_every_model_and_baseline_is_evaluated_at_every_site(run: tuple[subproce
         assert None not in comparison.values()
 
 
-def test_baselines_spend_nothing_from_the_hospitals_books(run: tuple[subprocess.CompletedProcess[str], Path, dict]) -> None:
+def test_baselines_spend_nothing_from_the_hospitals_books(
+    run: tuple[subprocess.CompletedProcess[str], Path, dict],
+) -> None:
     _, folder, results = run
     for site in SITES:
         ledger = (folder / "out" / "ledgers" / f"{site}.jsonl").read_text().splitlines()
@@ -81,7 +85,9 @@ def test_baselines_spend_nothing_from_the_hospitals_books(run: tuple[subprocess.
         assert results["sites"][site]["privacy"]["epsilon"] > results["sites"][site]["epsilon"]
 
 
-def test_the_report_shows_only_numbers_from_results_json(run: tuple[subprocess.CompletedProcess[str], Path, dict]) -> None:
+def test_the_report_shows_only_numbers_from_results_json(
+    run: tuple[subprocess.CompletedProcess[str], Path, dict],
+) -> None:
     _, folder, results = run
     page = (folder / "out" / "report.html").read_text(encoding="utf-8")
     assert "AUROC for female patients at site-b" in page

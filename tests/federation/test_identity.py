@@ -38,7 +38,9 @@ def reply(*, node: int, identity: ConfigRecord | None, run: int = 5) -> Message:
     return answer
 
 
-def signed(site: str, *, key: Ed25519PrivateKey | None = None, node: int = 21, run: int = 5, request: str = "") -> ConfigRecord:
+def signed(
+    site: str, *, key: Ed25519PrivateKey | None = None, node: int = 21, run: int = 5, request: str = ""
+) -> ConfigRecord:
     return identity_record(key or KEYS[site], site=site, run=run, node=node, request=request or f"request-{node}")
 
 
@@ -129,7 +131,9 @@ def test_a_node_posing_as_another_site_writes_nothing_of_it(claim: str, tmp_path
     assert sorted(results["rounds"][0]["sites"]) == ["site-a", "site-b"]
     ignored = [f for f in results["rounds"][0]["failures"] if f["node"] == 12]
     assert ignored and all("ignored" in f["reason"] for f in ignored)
-    assert sorted(p.name for p in (out / "ledgers").iterdir()) == ["site-a.jsonl", "site-a.pub", "site-b.jsonl", "site-b.pub"]
+    assert sorted(p.name for p in (out / "ledgers").iterdir()) == [
+        "site-a.jsonl", "site-a.pub", "site-b.jsonl", "site-b.pub"
+    ]
     assert not list(tmp_path.rglob("escape*"))
     site_a = [json.loads(line) for line in (out / "ledgers" / "site-a.jsonl").read_text().splitlines()]
     assert [entry["site"] for entry in site_a] == ["site-a"]

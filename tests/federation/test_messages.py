@@ -179,7 +179,8 @@ def test_arrays_from_state_detaches_and_copies_to_cpu() -> None:
 
 
 def test_model_weights_round_trip() -> None:
-    source, target = create_model("small_cnn", spec=InputConfig(image_size=16)), create_model("small_cnn", spec=InputConfig(image_size=16))
+    source = create_model("small_cnn", spec=InputConfig(image_size=16))
+    target = create_model("small_cnn", spec=InputConfig(image_size=16))
     back = state_from_arrays(arrays_from_state(float_state(source)))
     target.load_state_dict(back, strict=False)
     for name, tensor in float_state(source).items():

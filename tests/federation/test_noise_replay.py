@@ -57,7 +57,9 @@ def one_step_round(folder: Path, hospital: Path, *, unsafe: bool) -> tuple[dict,
     config_path = folder / "experiment.yaml"
     config_path.write_text(yaml.safe_dump({
         "name": "replay",
-        "data": {"root": str(hospital), "sites": ["site-a"], "image_size": IMAGE_SIZE, "cache_dir": str(folder / "cache")},
+        "data": {
+            "root": str(hospital), "sites": ["site-a"], "image_size": IMAGE_SIZE, "cache_dir": str(folder / "cache")
+        },
         "training": {"rounds": 1, "local_epochs": 1, "batch_size": 1000, "learning_rate": LEARNING_RATE,
                      "seed": 11, "unsafe_reproducible": unsafe},
         "privacy": {"noise_multiplier": NOISE, "delta": 1e-3, "accountant": "rdp"},  # PRV divides by log(1 - q)
@@ -99,7 +101,8 @@ def attack(sent: dict, released: dict, clean: dict, info: object) -> tuple[float
     """Error of the recovered clipped-gradient sum, and the norm of the noise it hides under."""
     n, privacy, seed = info
     std = privacy.noise_multiplier * privacy.max_grad_norm
-    names = [name for name in sent if name in dict(create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE)).named_parameters())]
+    parameters = dict(create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE)).named_parameters())
+    names = [name for name in sent if name in parameters]
     noise = replayed_noise(names, {k: sent[k].shape for k in names}, n, seed, std)
     error, size = 0.0, 0
     for name in names:

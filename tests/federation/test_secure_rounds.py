@@ -64,7 +64,9 @@ class Run:
         (folder / "policy.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
         config = {
             "name": "loopback",
-            "data": {"root": str(hospitals), "sites": sites, "image_size": 16, "cache_dir": str(folder.parent / "cache")},
+            "data": {
+                "root": str(hospitals), "sites": sites, "image_size": 16, "cache_dir": str(folder.parent / "cache")
+            },
             "training": {
                 "rounds": 1, "local_epochs": 1, "batch_size": 16, "learning_rate": 0.5, "min_sites": 2,
                 "unsafe_reproducible": reproducible, **training,
@@ -163,7 +165,11 @@ def test_the_server_receives_no_site_update_in_the_clear(plain: Run, secure: Run
     for site, reply in plain.train_replies().items():
         update = reply.content[Key.ARRAYS].to_torch_state_dict()
         deltas[site] = np.concatenate([(update[n] - start[n]).numpy().ravel() for n in names])
-    arrays = [(m, name, record) for m in secure.received if not m.has_error() for name, record in m.content.array_records.items()]
+    arrays = [
+        (m, name, record)
+        for m in secure.received if not m.has_error()
+        for name, record in m.content.array_records.items()
+    ]
     assert arrays, "the spy saw no arrays at all"
     for message, record_name, record in arrays:
         assert record_name == UPDATE and message.metadata.message_type == MESSAGE_TYPE
@@ -237,7 +243,9 @@ def secagg_message(run_id: int, server_round: int, stage: str = "share") -> Mess
 def test_a_step_from_another_run_or_round_is_rejected(run_id: int, server_round: int) -> None:
     state = RecordDict()
     key = Ed25519PrivateKey.generate()
-    begin_round(state, site="site-a", run="7", round=3, identity=key, update={"w": torch.zeros(4)}, examples=5, min_group=3)
+    begin_round(
+        state, site="site-a", run="7", round=3, identity=key, update={"w": torch.zeros(4)}, examples=5, min_group=3
+    )
     with pytest.raises(SecureAggregationError, match=f"run {run_id} round {server_round} arrived during run 7 round 3"):
         site_step(secagg_message(run_id, server_round), state, identity=key, manifest=dict)
 
@@ -278,7 +286,9 @@ class RoundRepeatingGrid(LoopbackGrid):
         messages = list(messages)
         ids = list(super().push_messages(messages))
         if messages and messages[0].metadata.message_type == "train":
-            repeats = [Message(m.content, m.metadata.dst_node_id, "train", group_id=m.metadata.group_id) for m in messages]
+            repeats = [
+                Message(m.content, m.metadata.dst_node_id, "train", group_id=m.metadata.group_id) for m in messages
+            ]
             for message_id in super().push_messages(repeats):
                 self._replies.pop(message_id)  # the server keeps them to itself (run.received has them)
         return ids

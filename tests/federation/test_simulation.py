@@ -78,7 +78,9 @@ def hospitals(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def federation(hospitals: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+def federation(
+    hospitals: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "out"
     completed = simulate(write_config(tmp / "tiny.yaml", hospitals), out, tmp)

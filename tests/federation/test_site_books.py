@@ -49,7 +49,9 @@ def books(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "state", policy
 
 
-def run_round(site_dir: Path, books: tuple[Path, Path], server_round: int, crash: str | None = None) -> dict[str, object] | None:
+def run_round(
+    site_dir: Path, books: tuple[Path, Path], server_round: int, crash: str | None = None
+) -> dict[str, object] | None:
     state_dir, policy = books
     args = [sys.executable, str(WORKER), str(site_dir), str(state_dir), str(policy), str(server_round)]
     done = subprocess.run(args + ([crash] if crash else []), capture_output=True, text=True, timeout=300)
@@ -70,7 +72,9 @@ def epsilon_after(site_dir: Path, rounds: int) -> float:
     return epsilon_of([steps], delta=plan.delta, accountant=plan.accountant)
 
 
-def test_killed_after_training_spends_nothing_and_the_next_round_continues(site_dir: Path, books: tuple[Path, Path]) -> None:
+def test_killed_after_training_spends_nothing_and_the_next_round_continues(
+    site_dir: Path, books: tuple[Path, Path]
+) -> None:
     first = run_round(site_dir, books, 1)
     assert first["epsilon"] == pytest.approx(epsilon_after(site_dir, 1), rel=1e-9)
     run_round(site_dir, books, 2, crash="after-train")  # nothing left the site

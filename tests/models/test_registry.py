@@ -93,7 +93,10 @@ def test_small_cnn_output_shape(in_channels: int) -> None:
 
 def test_a_network_refuses_input_of_the_other_dimension() -> None:
     volume = InputConfig(sample=SampleUnit.SERIES, volume=VolumeConfig(shape=(16, 16, 16)))
-    with pytest.raises(ConfigError, match=r"model small_cnn takes 2-D input, not 3-D \(series\); 3-D networks: densenet121_3d, small_cnn_3d"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model small_cnn takes 2-D input, not 3-D \(series\); 3-D networks: densenet121_3d, small_cnn_3d",
+    ):
         create_model("small_cnn", spec=volume)
     with pytest.raises(ConfigError, match="model small_cnn_3d takes 3-D input, not 2-D"):
         create_model("small_cnn_3d", spec=InputConfig(image_size=16))
@@ -132,7 +135,10 @@ def test_make_dp_compatible_fixes_batchnorm_and_inplace() -> None:
     [
         ("densenet12", r"unknown model 'densenet12' \(did you mean 'densenet121'\?\); available models: "),
         ("small-cnn", r"unknown model 'small-cnn' \(did you mean 'small_cnn'\?\)"),
-        ("resnet50", r"unknown model 'resnet50'; available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d"),
+        (
+            "resnet50",
+            r"unknown model 'resnet50'; available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d",
+        ),
     ],
 )
 def test_unknown_name(name: str, pattern: str) -> None:

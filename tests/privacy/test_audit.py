@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from fedmed.secure.statements import canonical_json
 
 pytestmark = pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
 
-NOW = datetime(2025, 3, 1, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, tzinfo=UTC)
 ROUND = MechanismStep(3.0, 0.125, 8)  # 450 records, batch ~56, one local epoch; sigma 3 keeps PLD fast
 
 
@@ -76,7 +76,8 @@ def test_recompute_with_many_mechanisms_stays_an_upper_bound() -> None:
     history = [MechanismStep(4.0 + i / 10, 0.01, 2_000) for i in range(MAX_FINE_MECHANISMS + 1)]
     events = [
         dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(s.sample_rate, dp_accounting.GaussianDpEvent(s.noise_multiplier)), s.steps
+            dp_accounting.PoissonSampledDpEvent(s.sample_rate, dp_accounting.GaussianDpEvent(s.noise_multiplier)),
+            s.steps,
         )
         for s in history
     ]
@@ -172,7 +173,8 @@ def test_honest_ledger_passes(tmp_path: Path, key: Ed25519PrivateKey, accountant
     rdp = reported((ROUND,) * 4, 1e-5, "rdp")
     assert result.recomputed_epsilon["rdp"] == pytest.approx(rdp, rel=1e-3)  # dp_accounting uses other orders
     assert result.public_key_fingerprint == key_fingerprint(key)
-    assert result.statement.startswith(f"Sample-level (epsilon={result.reported_epsilon:.3f}, delta=1e-05)")  # the site's confirmed figure
+    # the site's confirmed figure
+    assert result.statement.startswith(f"Sample-level (epsilon={result.reported_epsilon:.3f}, delta=1e-05)")
 
 
 def test_reporting_slightly_below_pld_is_within_tolerance(tmp_path: Path, key: Ed25519PrivateKey) -> None:
@@ -326,7 +328,8 @@ def test_a_round_recorded_twice_fails(tmp_path: Path, key: Ed25519PrivateKey) ->
     entry_hash = compute_entry_hash(body)
     signature = base64.b64encode(key.sign(canonical_json({**body, "entry_hash": entry_hash}))).decode()
     with ledger.open("a") as handle:
-        handle.write(json.dumps({**body, "entry_hash": entry_hash, "signature": signature}, separators=(",", ":")) + "\n")
+        signed = {**body, "entry_hash": entry_hash, "signature": signature}
+        handle.write(json.dumps(signed, separators=(",", ":")) + "\n")
     result = audit_of(ledger, key)
     assert result.verdict == "fail"
     assert any("run run-1 round 1 was already recorded by entry 0" in r for r in result.reasons)

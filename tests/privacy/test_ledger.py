@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from fedmed.privacy.ledger import (
     verify_ledger_file,
 )
 
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 FINGERPRINT = "ab12" * 4
 
 
@@ -98,7 +98,7 @@ def test_four_appended_entries_verify(ledger: Path, key: Ed25519PrivateKey) -> N
     assert [e.index for e in entries] == [0, 1, 2, 3]
     assert [e.round for e in entries] == [1, 2, 3, 4]
     assert entries[0].prev_hash == GENESIS_HASH
-    assert all(b.prev_hash == a.entry_hash for a, b in zip(entries, entries[1:]))
+    assert all(b.prev_hash == a.entry_hash for a, b in zip(entries, entries[1:], strict=False))
     assert entries[0].time == "2025-03-01T12:00:00.000+00:00"
     assert entries[0].budget_epsilon == 8.0 and isinstance(entries[0].budget_epsilon, float)
 
@@ -392,7 +392,7 @@ def test_append_needs_an_aware_time(tmp_path: Path, key: Ed25519PrivateKey) -> N
 def test_append_uses_the_current_utc_time_by_default(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     entry = append_entry(tmp_path / "l.jsonl", key, **round_fields(1))
     assert entry.time.endswith("+00:00")
-    assert abs((datetime.fromisoformat(entry.time) - datetime.now(timezone.utc)).total_seconds()) < 60
+    assert abs((datetime.fromisoformat(entry.time) - datetime.now(UTC)).total_seconds()) < 60
 
 
 # ---------------------------------------------------------------- model hashes and history

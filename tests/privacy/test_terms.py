@@ -155,7 +155,10 @@ def test_two_violations_both_named() -> None:
 
 def test_site_name_is_the_one_given() -> None:
     with pytest.raises(PrivacyError, match=r"^site hospital-7 refuses the server's terms: "):
-        check_terms(POLICY, site="hospital-7", requested=request(delta=0.5), model="small_cnn", local_epochs=1, secure_aggregation=True)
+        check_terms(
+            POLICY, site="hospital-7", requested=request(delta=0.5), model="small_cnn", local_epochs=1,
+            secure_aggregation=True,
+        )
 
 
 # ---------------------------------------------------------------- optional limits
@@ -199,7 +202,10 @@ def test_check_noise_refuses_noise_below_the_minimum(noise: float, shown: str) -
 
 @pytest.mark.parametrize(
     ("simulated", "accepts", "refusal"),
-    [(False, True, "a real site never accepts it"), (True, False, "only when its policy sets unsafe_accept_reproducible")],
+    [
+        (False, True, "a real site never accepts it"),
+        (True, False, "only when its policy sets unsafe_accept_reproducible"),
+    ],
     ids=["hospital", "simulated-without-consent"],
 )
 def test_seeded_randomness_is_refused_unless_a_simulated_policy_accepts_it(
@@ -212,4 +218,6 @@ def test_seeded_randomness_is_refused_unless_a_simulated_policy_accepts_it(
 
 
 def test_a_simulated_site_whose_policy_accepts_seeded_randomness_trains() -> None:
-    check_randomness(make_policy(unsafe_accept_reproducible=True), site="site-a", unsafe_reproducible=True, simulated=True)
+    check_randomness(
+        make_policy(unsafe_accept_reproducible=True), site="site-a", unsafe_reproducible=True, simulated=True
+    )

@@ -57,8 +57,8 @@ def make_results() -> dict[str, Any]:
             "n_train": 300 + 10 * i, "n_test": 100 + 10 * i, "auroc": 0.853 + 0.017 * i, "accuracy": 0.73 + 0.01 * i,
             "epsilon": 1.2411 + 0.05 * i, "delta": 1e-05,
             "privacy": {
-                "statement": f"Sample-level (epsilon={1.2411 + 0.05 * i:.3f}, delta=1e-05)-differential privacy for each "
-                             f"of the {300 + 10 * i} training records of site {site}'s dataset.",
+                "statement": f"Sample-level (epsilon={1.2411 + 0.05 * i:.3f}, delta=1e-05)-differential privacy "
+                             f"for each of the {300 + 10 * i} training records of site {site}'s dataset.",
                 "epsilon": 1.2411 + 0.05 * i, "delta": 1e-05, "budget_epsilon": 2.0 + i, "n_records": 300 + 10 * i,
                 "accountant": "prv", "ledger": f"ledgers/{site}.jsonl",
             },
@@ -115,7 +115,9 @@ def make_results() -> dict[str, Any]:
         "wall_seconds": 187.62,
         "config": {
             "name": "chest-xray-demo",
-            "data": {"root": "/data/hospitals", "sites": SITES, "image_size": 64, "cache_dir": None, "synthesize": None},
+            "data": {
+                "root": "/data/hospitals", "sites": SITES, "image_size": 64, "cache_dir": None, "synthesize": None
+            },
             "model": {"name": "densenet121"},
             "training": {"rounds": 3, "local_epochs": 1, "batch_size": 64, "learning_rate": 0.1, "momentum": 0.0,
                          "strategy": "fedavg", "proximal_mu": 0.0, "min_sites": None, "device": "auto", "seed": 0},

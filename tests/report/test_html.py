@@ -166,6 +166,8 @@ def test_write_report_on_a_missing_folder(tmp_path: Path) -> None:
 
 
 def test_end_of_run_refusals_are_listed_without_a_round(results: dict[str, Any]) -> None:
-    results["evaluation"]["failures"] = [{"stage": "cross-site evaluation", "node": 7, "reason": "site-c: no test images"}]
+    results["evaluation"]["failures"] = [
+        {"stage": "cross-site evaluation", "node": 7, "reason": "site-c: no test images"}
+    ]
     text = " ".join(visible_text(render_report(results)).split())
     assert "end of run cross-site evaluation 7 site-c: no test images" in text

@@ -168,7 +168,8 @@ UNCHANGED = {
     "bytecode": lambda package, app: (package / "__pycache__").mkdir(exist_ok=True)
     or (package / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0"),
     "non-python-file": lambda package, app: (package / "notes.txt").write_text("hi\n"),
-    "unbundled-source-file": lambda package, app: (app / "numpy.py").write_text("x = 1\n"),  # flwr run ships no such file
+    # flwr run ships no such file
+    "unbundled-source-file": lambda package, app: (app / "numpy.py").write_text("x = 1\n"),
     "pyproject-comment": lambda package, app: append(app / "pyproject.toml", "\n# a comment\n"),
     "pyproject-federations": lambda package, app: append(
         app / "pyproject.toml", '\n[tool.flwr.federations]\ndefault = "local"\n'
@@ -341,7 +342,7 @@ def test_simulated_sites_refuse_code_their_policy_does_not_list(hospitals: Path,
     assert results["status"] == "stopped"
     reasons = [f["reason"] for f in results["rounds"][0]["failures"]]
     assert len(reasons) == 2
-    for site, reason in zip(["site-a", "site-b"], sorted(reasons)):
+    for site, reason in zip(["site-a", "site-b"], sorted(reasons), strict=True):
         assert reason.startswith(f"site {site} refuses to run: the hospital has not approved this code")
         assert code_digest() in reason
     assert not (tmp_path / "run" / "cache").exists()  # refused before any data was read

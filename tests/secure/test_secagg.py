@@ -166,7 +166,9 @@ def test_too_few_reveals_rebuild_nothing() -> None:
         {s: federation.sessions[s].confirm(survivors, identity=federation.keys[s]) for s in survivors}
     )
     revealed = {
-        s: federation.sessions[s].reveal(alive=survivors, dropped=[], confirmations=confirmations, manifest=federation.manifest)
+        s: federation.sessions[s].reveal(
+            alive=survivors, dropped=[], confirmations=confirmations, manifest=federation.manifest
+        )
         for s in survivors[:3]
     }
     with pytest.raises(RoundAbandoned, match="only 3 site.*threshold 4"):
