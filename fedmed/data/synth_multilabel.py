@@ -1,0 +1,362 @@
+"""Synthetic multi-label hospitals: chest radiographs that show any combination of three findings.
+
+Why: a multi-label task (each image may show several findings, each its own yes/no) needs
+data whose findings are known, each with a sign a network can learn, read through the same
+DICOM path as the binary hospitals (fedmed.data.synth: the same scanner profiles, vendor
+tags, rescale, windows, MONOCHROME1 at site-b).
+
+Each site folder holds `images/<SOPInstanceUID>.dcm` and `labels.csv` with the header
+`file,split,<label1>,<label2>,...` and 0/1 values. The findings (`FINDINGS`) and their signs,
+drawn on the binary synthesizer's anatomy (two dark lung fields, ribs, a spine band, smooth
+low-frequency variation, pixel noise) plus a heart:
+
+- ``nodule``: a bright round blob (radius 5-8 % of the width) in the upper or middle zone of a lung;
+- ``effusion``: a bright band filling the base of one or both lungs, its top a meniscus
+  rising towards the chest wall (the blunted costophrenic angle of a pleural effusion);
+- ``cardiomegaly``: an enlarged central heart shadow. Every image has a heart; a normal one
+  spans about a third of the chest's width, an enlarged one more than half (the
+  cardiothoracic ratio above 0.5 that defines cardiomegaly on a PA film).
+
+Findings are drawn independently, each with exactly round(prevalence * n) positives per
+site (`FINDING_PREVALENCE`, which differs by site). The test split is stratified by the
+combination of findings, then repaired so every label has both classes in both splits.
+
+Planted bias (on purpose, for subgroup analyses to find): at site-b, effusions in female
+patients are drawn at 35-45 % of the site's normal contrast (`FEMALE_EFFUSION_CONTRAST`);
+the other findings, and every other site, are unbiased.
+
+Everything is a function of `seed`; UIDs are drawn in a namespace of their own, so they never
+collide with the binary synthesizer's for the same seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from fedmed.data.synth import (
+    BIASED_SITE,
+    SITE_PROFILES,
+    SiteProfile,
+    check_site_dir,
+    draw_labels,
+    low_frequency,
+    site_names,
+    soft_step,
+    study_dataset,
+)
+from fedmed.errors import FedmedError, did_you_mean
+
+__all__ = [
+    "BIASED_FINDING",
+    "FEMALE_EFFUSION_CONTRAST",
+    "FINDINGS",
+    "FINDING_PREVALENCE",
+    "synthesize_multilabel_hospitals",
+]
+
+FINDINGS = ("nodule", "effusion", "cardiomegaly")
+"""The findings with a visual sign; ``labels`` chooses among them and their column order."""
+
+FINDING_PREVALENCE: tuple[dict[str, float], ...] = (
+    {"nodule": 0.20, "effusion": 0.30, "cardiomegaly": 0.25},
+    {"nodule": 0.30, "effusion": 0.40, "cardiomegaly": 0.20},
+    {"nodule": 0.15, "effusion": 0.25, "cardiomegaly": 0.35},
+    {"nodule": 0.25, "effusion": 0.20, "cardiomegaly": 0.30},
+)
+"""Per site profile (site-a, site-b, ...; cycled like SITE_PROFILES), the fraction of positives."""
+
+BIASED_FINDING = "effusion"
+FEMALE_EFFUSION_CONTRAST = (0.35, 0.45)
+"""At BIASED_SITE, female patients' effusions are drawn at this fraction of the site's contrast."""
+
+_NODULE_RADIUS = (0.05, 0.08)  # fraction of image width
+_NODULE_AMPLITUDE = 0.45
+_EFFUSION_AMPLITUDE = 0.30  # fluid fills back most of the lung's 0.28 darkening
+_EFFUSION_HEIGHT = (0.25, 0.40)  # fraction of the lung's height, from its base
+_HEART_AMPLITUDE = 0.20
+_HEART_HALF_WIDTH = {False: (0.09, 0.12), True: (0.17, 0.21)}  # fraction of width: normal, enlarged
+_STUDY_DAY0 = dt.date(2024, 3, 4)
+_CHUNK = 64
+_UID_NAMESPACE = "fedmed-synth-multilabel"
+
+
+def synthesize_multilabel_hospitals(
+    root: Path,
+    *,
+    n_sites: int = 3,
+    images_per_site: int = 400,
+    image_size: int = 96,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    labels: Sequence[str] = FINDINGS,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write `n_sites` multi-label hospital folders under `root` and return their paths.
+
+    Sites cycle through fedmed.data.synth's `SITE_PROFILES` (scanner) and `FINDING_PREVALENCE`.
+    `image_size` is site-a's matrix; other sites scale it. A finding left out of `labels` is
+    never drawn (its heart stays normal, for cardiomegaly). `overwrite` as in
+    `synthesize_hospitals`.
+
+    Raises:
+        FedmedError: an argument out of range, or a label that is not one of `FINDINGS`.
+        DataError: a site folder already holds files and `overwrite` is False.
+    """
+    labels = _check_labels(labels)
+    site_names(n_sites)
+    minimum = 4 * len(labels)
+    if images_per_site < minimum:
+        raise FedmedError(
+            f"images_per_site must be at least {minimum} (a positive and a negative of each of {len(labels)} "
+            f"labels in train and test), got {images_per_site}"
+        )
+    if image_size < 16:
+        raise FedmedError(f"image_size must be at least 16 pixels, got {image_size}")
+    if not 0.0 < test_fraction < 1.0:
+        raise FedmedError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    root = Path(root)
+    site_dirs = [root / name for name in site_names(n_sites)]
+    for site_dir in site_dirs:  # refuse before writing anything
+        check_site_dir(site_dir, overwrite=overwrite)
+    with pydicom_config.disable_value_validation():  # valid by construction; halves the time
+        for index, site_dir in enumerate(site_dirs):
+            _clear_site_dir(site_dir)
+            _write_site(
+                site_dir, name=site_dir.name, profile=SITE_PROFILES[index % len(SITE_PROFILES)],
+                prevalence=FINDING_PREVALENCE[index % len(FINDING_PREVALENCE)], labels=labels,
+                n_images=images_per_site, image_size=image_size, test_fraction=test_fraction, seed=seed,
+            )
+    return site_dirs
+
+
+def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(labels, str):
+        raise FedmedError(f"labels must be a sequence of finding names, not the string {labels!r}; e.g. ({labels!r},)")
+    labels = tuple(labels)
+    unknown = [f"{label!r}{did_you_mean(label, FINDINGS)}" for label in labels if label not in FINDINGS]
+    if unknown:
+        raise FedmedError(f"unknown finding {', '.join(unknown)}; findings with a visual sign: {', '.join(FINDINGS)}")
+    if not labels or len(set(labels)) != len(labels):
+        raise FedmedError(f"labels must name each finding once, at least one; got {labels}")
+    return labels
+
+
+def _clear_site_dir(site_dir: Path) -> None:
+    """Remove what a previous synthesis wrote (only *.dcm in images/ and labels.csv)."""
+    images_dir = site_dir / "images"
+    for old in images_dir.glob("*.dcm"):
+        old.unlink()
+    (site_dir / "labels.csv").unlink(missing_ok=True)
+    images_dir.mkdir(parents=True, exist_ok=True)
+
+
+# --- one site ------------------------------------------------------------------------------
+
+
+def _write_site(
+    site_dir: Path,
+    *,
+    name: str,
+    profile: SiteProfile,
+    prevalence: dict[str, float],
+    labels: tuple[str, ...],
+    n_images: int,
+    image_size: int,
+    test_fraction: float,
+    seed: int,
+) -> None:
+    site_index = string.ascii_lowercase.index(name[-1])
+    rng = np.random.default_rng([seed, site_index, 2])  # 2: a stream apart from the binary synthesizer's
+    size = max(16, round(image_size * profile.size_scale))
+    present = np.zeros((n_images, len(FINDINGS)), dtype=bool)
+    for label in labels:
+        present[:, FINDINGS.index(label)] = draw_labels(rng, n_images, prevalence[label]) == 1
+    columns = [FINDINGS.index(label) for label in labels]
+    test = _draw_test_split(rng, present[:, columns], test_fraction)
+    sexes = np.where(rng.random(n_images) < 0.5, "F", "M")
+    ages = np.clip(np.round(rng.normal(58.0, 16.0, n_images)), 18, 95).astype(int)
+    contrast = np.full((n_images, len(FINDINGS)), profile.contrast)
+    if name == BIASED_SITE:
+        faint = rng.uniform(*FEMALE_EFFUSION_CONTRAST, n_images)
+        effusion = FINDINGS.index(BIASED_FINDING)
+        contrast[:, effusion] = np.where(sexes == "F", contrast[:, effusion] * faint, contrast[:, effusion])
+
+    rows = []
+    for start in range(0, n_images, _CHUNK):
+        chunk = slice(start, min(start + _CHUNK, n_images))
+        units = _draw_radiographs(rng, size, present[chunk], contrast[chunk], profile.noise)
+        for offset, pixels in enumerate(_to_stored(units, profile)):
+            i = start + offset
+            ds = _build_dataset(
+                profile, name=name, index=i, seed=seed, size=size, sex=str(sexes[i]), age=int(ages[i]), pixels=pixels
+            )
+            relative = f"images/{ds.SOPInstanceUID}.dcm"
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            (site_dir / relative).write_bytes(buffer.getvalue())
+            rows.append([relative, "test" if test[i] else "train", *(int(present[i, c]) for c in columns)])
+    with open(site_dir / "labels.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["file", "split", *labels])
+        writer.writerows(rows)
+
+
+def _draw_test_split(rng: np.random.Generator, present: np.ndarray, fraction: float) -> np.ndarray:
+    """Stratified by combination of findings, then repaired: every label has both classes in both splits."""
+    n = len(present)
+    keys = present.astype(np.int64) @ (1 << np.arange(present.shape[1]))
+    test = np.zeros(n, dtype=bool)
+    for key in np.unique(keys):
+        members = np.flatnonzero(keys == key)
+        count = min(len(members) - 1, round(fraction * len(members)))
+        if count > 0:
+            test[rng.choice(members, size=count, replace=False)] = True
+    for _ in range(3):  # a move for one label can empty a cell of another: look again
+        moved = False
+        for column in present.T:
+            for value in (False, True):
+                cell = column == value
+                for to_test in (True, False):
+                    here = test if to_test else ~test
+                    movable = np.flatnonzero(cell & ~here)
+                    if not (cell & here).any() and len(movable) >= 2:  # the other split keeps one
+                        test[rng.choice(movable)] = to_test
+                        moved = True
+        if not moved:
+            break
+    return test
+
+
+def _draw_radiographs(
+    rng: np.random.Generator, size: int, present: np.ndarray, contrast: np.ndarray, noise: float
+) -> np.ndarray:
+    """Unit-intensity PA chest images (n, size, size) showing the findings in `present` (n, 3)."""
+    f32 = np.float32
+    n = len(present)
+    axis = ((np.arange(size) + 0.5) / size).astype(f32)
+    yy, xx = axis[None, :, None], axis[None, None, :]
+
+    def draw(low: float, high: float) -> np.ndarray:
+        return rng.uniform(low, high, (n, 1, 1)).astype(f32)
+
+    def column(finding: str) -> np.ndarray:
+        return present[:, FINDINGS.index(finding), None, None]
+
+    def strength(finding: str) -> np.ndarray:
+        return contrast[:, FINDINGS.index(finding), None, None].astype(f32)
+
+    # Anatomy as fedmed.data.synth draws it (copied: there it is private and also draws the
+    # binary lesion), keeping each lung's geometry for the findings.
+    images = 0.62 + low_frequency(rng, n, size, grid=5) * f32(0.05)
+    lung_y, lung_dx = draw(0.46, 0.54), draw(0.17, 0.23)
+    half_h, half_w = draw(0.26, 0.34), draw(0.11, 0.15)
+    centres = (0.5 - lung_dx, 0.5 + lung_dx)
+    lungs = []
+    for centre_x in centres:
+        ellipse = ((yy - lung_y) / half_h) ** 2 + ((xx - centre_x) / half_w) ** 2
+        lung = soft_step((1.0 - ellipse) * f32(8.0))
+        ribs = f32(0.04) * np.sin(f32(2 * np.pi) * (yy * draw(6.0, 8.0) + draw(0.0, 1.0)))
+        images -= lung * (f32(0.28) - ribs)
+        lungs.append(lung)
+    images += f32(0.08) * np.exp(-(((xx - draw(0.48, 0.52)) / f32(0.05)) ** 2))
+
+    # Heart: always there; wider than half the chest with cardiomegaly.
+    enlarged = column("cardiomegaly")
+    low = np.where(enlarged, _HEART_HALF_WIDTH[True][0], _HEART_HALF_WIDTH[False][0])
+    high = np.where(enlarged, _HEART_HALF_WIDTH[True][1], _HEART_HALF_WIDTH[False][1])
+    heart_w = (low + (high - low) * rng.random((n, 1, 1))).astype(f32)
+    heart_y, heart_h = lung_y + draw(0.08, 0.12), draw(0.10, 0.13)
+    heart = ((yy - heart_y) / heart_h) ** 2 + ((xx - (0.5 + draw(0.01, 0.04))) / heart_w) ** 2
+    images += f32(_HEART_AMPLITUDE) * strength("cardiomegaly") * soft_step((1.0 - heart) * f32(6.0))
+
+    # Effusion: fluid fills a lung's base up to a meniscus that rises towards the chest wall.
+    sides = rng.integers(0, 3, (n, 1, 1))  # 0: right lung, 1: left, 2: both
+    for side, (centre_x, lung) in enumerate(zip(centres, lungs, strict=True)):
+        level = lung_y + half_h * (1.0 - 2.0 * draw(*_EFFUSION_HEIGHT))
+        meniscus = level - f32(0.25) * half_h * np.abs(xx - centre_x) / half_w
+        fluid = lung * soft_step((yy - meniscus) / f32(0.015))
+        affected = column("effusion") & ((sides == side) | (sides == 2))
+        images += f32(_EFFUSION_AMPLITUDE) * strength("effusion") * affected * fluid
+
+    # Nodule: a bright round blob in the upper or middle zone of one lung.
+    left = rng.random((n, 1, 1)) < 0.5
+    centre_x = np.where(left, centres[1], centres[0]) + draw(-0.5, 0.5) * half_w
+    centre_y = lung_y + draw(-0.6, 0.2) * half_h
+    radius = draw(*_NODULE_RADIUS)
+    amplitude = f32(_NODULE_AMPLITUDE) * strength("nodule") * draw(0.85, 1.15) * column("nodule")
+    distance = np.sqrt((yy - centre_y) ** 2 + (xx - centre_x) ** 2)
+    images += amplitude * soft_step((radius - distance) / (f32(0.12) * radius))
+    images += rng.standard_normal((n, size, size), dtype=f32) * f32(noise)
+    return images.astype(f32)
+
+
+def _to_stored(units: np.ndarray, profile: SiteProfile) -> np.ndarray:
+    """Unit intensity to stored values, as fedmed.data.synth does (copied: private there)."""
+    values = profile.value_offset + profile.value_scale * units
+    stored = (values - profile.rescale_intercept) / profile.rescale_slope
+    top = 2**profile.bits_stored - 1
+    stored = np.clip(np.round(stored), 0, top)
+    if profile.photometric == "MONOCHROME1":
+        stored = top - stored
+    return stored.astype(np.uint16)
+
+
+def _build_dataset(
+    profile: SiteProfile, *, name: str, index: int, seed: int, size: int, sex: str, age: int, pixels: np.ndarray
+) -> Dataset:
+    """The image tags of fedmed.data.synth's files (copied: private there), UIDs in this module's namespace."""
+
+    def uid(kind: str) -> str:
+        return generate_uid(entropy_srcs=[_UID_NAMESPACE, str(seed), name, str(index), kind])
+
+    site = name.upper()
+    ds = study_dataset(
+        profile.sop_class_uid, uid("instance"), index=index, sex=sex, age=age,
+        day=_STUDY_DAY0 + dt.timedelta(days=index % 365), modality=profile.modality,
+        manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
+        patient_name=f"{site}^ML{index:04d}", patient_id=f"{site}-ML{index:04d}",
+        accession=f"{site}-MLACC-{index:05d}",
+    )
+    ds.ImageType = ["ORIGINAL", "PRIMARY"] + (["AXIAL"] if profile.modality == "CT" else [])
+    ds.StudyInstanceUID = uid("study")
+    ds.SeriesInstanceUID = uid("series")
+    ds.StudyID = f"{index:05d}"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.BurnedInAnnotation = "NO"
+    spacing = round(profile.field_of_view_mm / size, 4)
+    ds.PixelSpacing = [spacing, spacing]
+    if profile.modality == "CT":
+        ds.FrameOfReferenceUID = uid("frame")
+        ds.PositionReferenceIndicator = ""
+        ds.SliceThickness = 2.5
+        ds.KVP = 120
+        corner = -profile.field_of_view_mm / 2
+        ds.ImagePositionPatient = [corner, corner, 0.0]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.RescaleType = "HU"
+    else:
+        ds.ImagerPixelSpacing = [spacing, spacing]
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.ViewPosition = "PA"
+        ds.PatientOrientation = ["L", "F"]
+        ds.PresentationLUTShape = "INVERSE" if profile.photometric == "MONOCHROME1" else "IDENTITY"
+    ds.RescaleSlope = profile.rescale_slope
+    ds.RescaleIntercept = profile.rescale_intercept
+    if profile.windows:
+        centres = [c for c, _ in profile.windows]
+        widths = [w for _, w in profile.windows]
+        ds.WindowCenter = centres if len(centres) > 1 else centres[0]
+        ds.WindowWidth = widths if len(widths) > 1 else widths[0]
+    ds.set_pixel_data(pixels, profile.photometric, profile.bits_stored, generate_instance_uid=False)
+    return ds
