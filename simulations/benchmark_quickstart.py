@@ -20,9 +20,12 @@ It measures two things, side by side in one run:
    so ``wall - server run`` is engine start-up and shutdown.
 
 2. **The cost of differential privacy.** Training throughput (samples/s) of every
-   registered model on random 1-channel images, non-private (a plain SGD loop) against
-   DP-SGD through ``fedmed.privacy.train_private`` with a fixed noise multiplier
+   registered 2-D model and the 3-D segmenters on random 1-channel images (volumes for a
+   3-D network), non-private (a plain SGD loop) against DP-SGD through
+   ``fedmed.privacy.train_private`` with a fixed noise multiplier
    (``PrivacyConfig(noise_multiplier=1.0, delta=1e-5)``, planned by ``plan_privacy``).
+   Classifiers train one logit with binary cross-entropy on random labels; segmenters
+   train background plus two structures with MONAI's ``DiceCELoss`` on random label maps.
    Opacus computes and clips a gradient per sample, which is what the ratio shows. The
    timed DP call is the whole ``train_private`` call a site pays each round: Opacus
    set-up, Poisson-sampled training and the (PRV) epsilon at the end; the accounting time
@@ -38,6 +41,7 @@ Run from the repository root::
 
     python simulations/benchmark_quickstart.py [--skip-federation] [--skip-throughput]
         [--out DIR] [--samples N] [--model-samples NAME=N] [--repeats R] [--batch-size B]
+        [--image-size S] [--volume-shape D H W] [--models NAME ...]
 
 The quickstart data is generated under data/quickstart on first use (by simulate()), in
 which case the federation's wall time includes writing it.
@@ -52,10 +56,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,10 +67,17 @@ from tables import Section, console, show, to_markdown  # simulations/, the scri
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+if TYPE_CHECKING:
+    from fedmed.config import InputConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
-DEFAULT_SAMPLES = {"small_cnn": 1024, "densenet121": 64}
+DEFAULT_SAMPLES = {
+    "small_cnn": 1024, "densenet121": 64, "unet": 512, "segresnet": 128, "unet_3d": 256, "segresnet_3d": 64,
+}
 """Timed samples per model: enough for a stable rate, small enough for a 2-core CPU."""
+SEGMENTATION_CLASSES = 3
+"""Background and two structures: what a segmenter's random label maps hold."""
 FALLBACK_SAMPLES = 256
 LEARNING_RATE = 0.05
 MOMENTUM = 0.5
@@ -228,34 +239,56 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def random_dataset(n: int, *, image_size: int, seed: int) -> TensorDataset:
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def binary_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE on one logit; an empty Poisson batch gives a zero loss with the graph intact."""
+    if not len(labels):
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), labels)
+
+
+def segmentation_loss(logits: torch.Tensor, label_maps: torch.Tensor) -> torch.Tensor:
+    """MONAI DiceCE on (N, H, W[, D]) label maps; Dice per sample (batch=False), as DP-SGD needs."""
+    if not len(label_maps):
+        return logits.sum() * 0.0
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(to_onehot_y=True, softmax=True)(logits, label_maps.unsqueeze(1))
+
+
+def random_dataset(n: int, *, shape: tuple[int, ...], segmentation: bool, seed: int) -> TensorDataset:
+    """Random images (volumes) with random labels, or random label maps for a segmenter."""
     generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, image_size, image_size, generator=generator)
-    labels = torch.randint(0, 2, (n,), generator=generator).float()
-    return TensorDataset(images, labels)
+    images = torch.rand(n, 1, *shape, generator=generator)
+    if segmentation:
+        targets = torch.randint(0, SEGMENTATION_CLASSES, (n, *shape), generator=generator)
+    else:
+        targets = torch.randint(0, 2, (n,), generator=generator).float()
+    return TensorDataset(images, targets)
 
 
-def train_plain(model: nn.Module, dataset: TensorDataset, *, batch_size: int, device: torch.device) -> None:
+def train_plain(model: nn.Module, dataset: TensorDataset, *, loss: Loss, batch_size: int, device: torch.device) -> None:
     """One epoch of ordinary mini-batch SGD: the non-private baseline."""
     model.to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-    criterion = nn.BCEWithLogitsLoss()
-    for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=True):
+    for images, targets in DataLoader(dataset, batch_size=batch_size, shuffle=True):
         optimizer.zero_grad(set_to_none=True)
-        images, labels = images.to(device), labels.to(device)
-        criterion(model(images).squeeze(1), labels).backward()
+        images, targets = images.to(device), targets.to(device)
+        loss(model(images), targets).backward()
         optimizer.step()
 
 
-def train_dp(model: nn.Module, dataset: TensorDataset, *, batch_size: int, device: torch.device) -> float:
+def train_dp(model: nn.Module, dataset: TensorDataset, *, loss: Loss, batch_size: int, device: torch.device) -> float:
     """One epoch of DP-SGD through fedmed's train_private; returns the accounting seconds."""
     # With one batch (the warm-up) Poisson's sample rate is 1 and the PRV accountant takes
     # log(1 - q) = -inf, which it handles; numpy would still warn about it.
     with np.errstate(divide="ignore"):
-        return _train_dp(model, dataset, batch_size=batch_size, device=device)
+        return _train_dp(model, dataset, loss=loss, batch_size=batch_size, device=device)
 
 
-def _train_dp(model: nn.Module, dataset: TensorDataset, *, batch_size: int, device: torch.device) -> float:
+def _train_dp(model: nn.Module, dataset: TensorDataset, *, loss: Loss, batch_size: int, device: torch.device) -> float:
     from fedmed.config import PrivacyConfig
     from fedmed.privacy import plan_privacy, train_private
     from fedmed.privacy.accountant import epsilon_of
@@ -266,7 +299,7 @@ def _train_dp(model: nn.Module, dataset: TensorDataset, *, batch_size: int, devi
         site="benchmark", n_train=len(dataset), batch_size=batch_size, local_epochs=1, rounds=1,
     )
     outcome = train_private(
-        model, dataset, plan, history=[], epochs=1, learning_rate=LEARNING_RATE,
+        model, dataset, plan, loss=loss, history=[], epochs=1, learning_rate=LEARNING_RATE,
         randomness=SecureRandomness(), momentum=MOMENTUM, device=device,
     )
     started = time.perf_counter()  # what train_private spent on its final epsilon, again
@@ -297,23 +330,36 @@ class Throughput:
         return max(self.passes, key=lambda p: p[0] / p[1])
 
 
-def measure(name: str, *, private: bool, samples: int, repeats: int, batch_size: int, image_size: int,
+def input_spec(name: str, *, image_size: int, volume_shape: tuple[int, int, int]) -> InputConfig:
+    """The model's input: ``image_size`` squares for a 2-D network, ``volume_shape`` volumes for a 3-D one."""
+    from fedmed.config import InputConfig, SampleUnit, VolumeConfig
+    from fedmed.models import model_spatial_dims
+
+    if model_spatial_dims(name) == 3:
+        return InputConfig(sample=SampleUnit.SERIES, volume=VolumeConfig(shape=volume_shape))
+    return InputConfig(image_size=image_size, channels=1)
+
+
+def measure(name: str, *, private: bool, samples: int, repeats: int, batch_size: int, spec: InputConfig,
             device: torch.device) -> Throughput:
     """Warm up on one batch, then time ``repeats`` epochs of ``samples`` random images."""
-    from fedmed.config import InputConfig
-    from fedmed.models import create_model
+    from fedmed.models import ModelKind, create_model, model_kind
 
+    segmentation = model_kind(name) is ModelKind.SEGMENTER
+    loss = segmentation_loss if segmentation else binary_loss
     torch.manual_seed(0)
-    model = create_model(name, spec=InputConfig(image_size=image_size, channels=1))
+    model = create_model(name, spec=spec, outputs=SEGMENTATION_CLASSES if segmentation else 1)
     train = train_dp if private else train_plain
-    train(model, random_dataset(batch_size, image_size=image_size, seed=1), batch_size=batch_size, device=device)
-    dataset = random_dataset(samples, image_size=image_size, seed=2)
+    shape = tuple(spec.spatial_shape)
+    warm_up = random_dataset(batch_size, shape=shape, segmentation=segmentation, seed=1)
+    train(model, warm_up, loss=loss, batch_size=batch_size, device=device)
+    dataset = random_dataset(samples, shape=shape, segmentation=segmentation, seed=2)
     passes, accounting = [], []
     for _ in range(repeats):
         counter = SampleCounter(model)
         _sync(device)
         started = time.perf_counter()
-        accounting.append(train(model, dataset, batch_size=batch_size, device=device))
+        accounting.append(train(model, dataset, loss=loss, batch_size=batch_size, device=device))
         _sync(device)
         passes.append((counter.count, time.perf_counter() - started))
         counter.remove()
@@ -322,35 +368,43 @@ def measure(name: str, *, private: bool, samples: int, repeats: int, batch_size:
 
 def benchmark_throughput(
     models: Sequence[str], samples: dict[str, int], *, repeats: int, batch_size: int, image_size: int,
-    device: torch.device,
+    volume_shape: tuple[int, int, int], device: torch.device,
 ) -> list[Section]:
     """Samples/s of every model, non-private against DP-SGD (best of ``repeats`` passes)."""
+    from fedmed.models import ModelKind, model_kind
+
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     console.rule("[bold]2. DP vs non-private training throughput")
+    volume = "x".join(map(str, volume_shape))
     console.print(
-        f"{image_size}x{image_size}, 1 channel, batch {batch_size}, random data, device "
-        f"{_device_name(device)}, torch threads {torch.get_num_threads()} (os.cpu_count()), "
+        f"{image_size}x{image_size} images ({volume} volumes for 3-D networks), 1 channel, batch {batch_size}, "
+        f"random data, device {_device_name(device)}, torch threads {torch.get_num_threads()} (os.cpu_count()), "
         f"best of {repeats} passes"
     )
     rows = []
     for name in models:
         n = samples[name]
+        spec = input_spec(name, image_size=image_size, volume_shape=volume_shape)
         console.print(f"[dim]{name}: {repeats} x {n} samples non-private, then DP ...[/]")
         plain, dp = (
             measure(name, private=private, samples=n, repeats=repeats, batch_size=batch_size,
-                    image_size=image_size, device=device)
+                    spec=spec, device=device)
             for private in (False, True)
         )
         (plain_n, plain_s), (dp_n, dp_s) = plain.best_pass(), dp.best_pass()
+        loss = "DiceCE" if model_kind(name) is ModelKind.SEGMENTER else "BCE"
         rows.append([
-            name, str(plain_n), f"{plain_s:.2f}", f"{plain.best:.1f} ({plain.median:.1f})",
+            name, "x".join(map(str, spec.spatial_shape)), loss,
+            str(plain_n), f"{plain_s:.2f}", f"{plain.best:.1f} ({plain.median:.1f})",
             str(dp_n), f"{dp_s:.2f}", f"{dp.best:.1f} ({dp.median:.1f})",
             f"{dp.best / plain.best:.3f}", f"{plain.best / dp.best:.1f}x", _fmt(dp.accounting_seconds, ".2f"),
         ])
     notes = [
-        f"batch {batch_size}, {image_size}x{image_size}x1, random images, device {_device_name(device)}, "
+        f"batch {batch_size}, 1 channel, random images, device {_device_name(device)}, "
         f"torch.set_num_threads({threads}); one warm-up batch, then {repeats} timed passes per model and mode.",
+        f"loss: BCE on one logit and random labels (classifiers); MONAI DiceCELoss(to_onehot_y, softmax) on "
+        f"random label maps of {SEGMENTATION_CLASSES} classes (segmenters, one logit map per class).",
         "samples/s: best pass (median of passes in brackets); n and s are the best pass's. Ratio and "
         "slowdown compare best passes. On a shared machine a pass can be >10x slower when another "
         "process takes a core (torch's threads wait on a descheduled peer): a low median shows it.",
@@ -359,7 +413,7 @@ def benchmark_throughput(
         "set-up and the final PRV epsilon ('accounting s', timed again separately, median).",
     ]
     headers = [
-        "model", "non-private n", "non-private s", "non-private samples/s",
+        "model", "input", "loss", "non-private n", "non-private s", "non-private samples/s",
         "DP n", "DP s", "DP samples/s", "DP / non-private", "slowdown", "accounting s",
     ]
     return [Section("training throughput: DP-SGD vs non-private", headers, rows, notes)]
@@ -377,12 +431,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_SAMPLES.items()) + ")")
     parser.add_argument("--model-samples", action="append", default=[], metavar="NAME=N",
                         help="timed samples for one model, e.g. densenet121=128 (repeatable)")
-    parser.add_argument("--models", nargs="+", metavar="NAME", help="models to measure (default: all registered)")
+    parser.add_argument(
+        "--models", nargs="+", metavar="NAME",
+        help="models to measure (default: every 2-D network and the 3-D segmenters)",
+    )
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed passes per model and mode; the best counts (default 3)"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
+    parser.add_argument(
+        "--volume-shape", type=int, nargs=3, default=(16, 32, 32), metavar=("D", "H", "W"),
+        help="volume shape for 3-D networks (default 16 32 32)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -406,9 +467,12 @@ def samples_per_model(args: argparse.Namespace, models: Sequence[str]) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from fedmed.models import available_models, check_model_name
+    from fedmed.models import ModelKind, available_models, check_model_input, check_model_name
 
-    models = [check_model_name(name) for name in args.models] if args.models else available_models(2)
+    default = available_models(2) + available_models(3, kind=ModelKind.SEGMENTER)
+    models = [check_model_name(name) for name in args.models] if args.models else default
+    for name in models:  # a size a network cannot take fails here, not after minutes of measuring
+        check_model_input(name, input_spec(name, image_size=args.image_size, volume_shape=tuple(args.volume_shape)))
     samples = samples_per_model(args, models)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
@@ -425,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             show(section)
     if not args.skip_throughput:
         throughput = benchmark_throughput(
-            models, samples, repeats=args.repeats, batch_size=args.batch_size, image_size=args.image_size, device=device
+            models, samples, repeats=args.repeats, batch_size=args.batch_size, image_size=args.image_size,
+            volume_shape=tuple(args.volume_shape), device=device,
         )
         for section in throughput:
             show(section)
