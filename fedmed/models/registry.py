@@ -70,7 +70,6 @@ def register_model(
         min_side: every side must be at least this long (downsampling must leave something).
         size_reason: why, for the error message (e.g. "two stride-2 downsamplings").
     """
-
     if spatial_dims not in (2, 3):
         raise ValueError(f"model {name!r}: spatial_dims must be 2 or 3, not {spatial_dims}")
     if size_multiple < 1 or min_side < 1:
