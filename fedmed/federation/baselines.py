@@ -22,6 +22,7 @@ from torch.utils.data import ConcatDataset
 
 from fedmed.config import ExperimentConfig
 from fedmed.data import load_site_data
+from fedmed.federation.consortium_keys import prepare_site_keys
 from fedmed.federation.cross_site import save_baseline
 from fedmed.federation.messages import POOLED_MODEL, Key, without_model_id
 from fedmed.federation.node import CACHE_DIR
@@ -94,8 +95,6 @@ def train_without(
     config: ExperimentConfig, left_out: str, folder: Path, engine: SimulationEngine
 ) -> dict[str, torch.Tensor] | None:
     """Run the federation without ``left_out`` in Flower's engine; its global model, or None."""
-    from fedmed.federation.simulation import prepare_site_keys  # simulation imports this module
-
     sites = [s for s in config.data.sites if s != left_out]
     folder.mkdir(parents=True, exist_ok=True)
     reduced = config.model_copy(

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedmed.app_bundle import project_root as project_root  # re-exported: fedmed.cli.approval imports it here
+from fedmed.app_bundle import stage_app
 from fedmed.errors import FedmedError
 
 CONNECTION = "fedmed"
-APP_FILES = ("pyproject.toml", "server", "client")
-"""What the app bundle holds; fedmed itself is imported from the installed package."""
 
 
 class FlowerRuntimeError(FedmedError):
@@ -44,17 +44,6 @@ class RunStatus:
     @property
     def completed(self) -> bool:
         return self.status == "finished:completed"
-
-
-def project_root() -> Path:
-    """The checkout holding server/ and client/ next to fedmed/."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "server" / "app.py").is_file() or not (root / "client" / "app.py").is_file():
-        raise FlowerRuntimeError(
-            f"{root}: no server/app.py and client/app.py here; install fedmed from its source "
-            "checkout with `pip install -e .` so the Flower apps can be found"
-        )
-    return root
 
 
 def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -75,25 +64,6 @@ def flower_environment(flwr_home: Path, extra: dict[str, str] | None = None) -> 
     )
     env.update(extra or {})
     return env
-
-
-def stage_app(destination: Path, *, root: Path | None = None) -> Path:
-    """Copy only the Flower app (pyproject, server/, client/) into ``destination``.
-
-    Bundling the checkout itself would walk a virtualenv's tens of thousands of files
-    on every run, and a bundled fedmed/ would shadow the installed one. ``root``: the
-    app's source folder (default: this checkout).
-    """
-    root = project_root() if root is None else Path(root)
-    shutil.rmtree(destination, ignore_errors=True)  # a previous run's copy
-    destination.mkdir(parents=True)
-    for name in APP_FILES:
-        source = root / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, destination / name)
-    return destination
 
 
 def flower_bin(name: str) -> str:

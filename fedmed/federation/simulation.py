@@ -12,12 +12,10 @@ from fedmed.data import synthesize_ct_hospitals, synthesize_hospitals
 from fedmed.data.synth import site_names
 from fedmed.errors import DataError
 from fedmed.federation.baselines import train_baselines
+from fedmed.federation.consortium_keys import prepare_site_keys
 from fedmed.federation.messages import Key
-from fedmed.federation.node import SIGNING_KEY_FILE
 from fedmed.federation.runtime import RunStatus, SimulationEngine
 from fedmed.report import PROGRESS_FILE, clear_run_folder, read_results
-from fedmed.secure.keys import load_or_create_signing_key
-from fedmed.secure.manifest import MANIFEST_FILE, write_manifest
 
 
 def prepare_site_folders(config: ExperimentConfig, *, announce: Callable[[str], None]) -> None:
@@ -57,19 +55,6 @@ def prepare_site_folders(config: ExperimentConfig, *, announce: Callable[[str], 
             f"no folder for site(s) {', '.join(missing)} under {data.root}; each site in "
             "data.sites needs a folder of DICOM files with a labels.csv"
         )
-
-
-def prepare_site_keys(config: ExperimentConfig) -> Path:
-    """Give every simulated hospital its identity key and write the consortium's manifest.
-
-    A real consortium hands these out when it provisions its sites; here the keys live in
-    each simulated site's state folder and outlive runs, like its privacy ledger.
-    """
-    keys = {
-        site: load_or_create_signing_key(config.state_root / site / SIGNING_KEY_FILE).public_key()
-        for site in config.data.sites
-    }
-    return write_manifest(config.state_root / MANIFEST_FILE, keys)
 
 
 class ProgressFollower:

@@ -33,9 +33,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import fedmed
+from fedmed.app_bundle import project_root, stage_app
 from fedmed.config import SitePolicy
 from fedmed.errors import FedmedError, PrivacyError
-from fedmed.federation.runtime import project_root, stage_app
 
 BUNDLE_METADATA = ".info/"
 """The FAB's own manifest of file hashes, written by the build and removed at install."""

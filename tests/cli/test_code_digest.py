@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from fedmed.federation.runtime import project_root, stage_app
+from fedmed.app_bundle import project_root, stage_app
 from fedmed.secure.approval import code_digest
 
 

@@ -14,12 +14,12 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import app as client_app
 from fedmed.config import load_config
 from fedmed.data import synthesize_hospitals
+from fedmed.federation.consortium_keys import prepare_site_keys
 from fedmed.federation.identity import SiteRegistry, UnverifiedSite, identity_record
 from fedmed.federation.loopback import LoopbackGrid
 from fedmed.federation.messages import Key
 from fedmed.federation.node import SIGNING_KEY_FILE
 from fedmed.federation.server import run_federation
-from fedmed.federation.simulation import prepare_site_keys
 from fedmed.secure.keys import load_signing_key
 
 KEYS = {site: Ed25519PrivateKey.generate() for site in ("site-a", "site-b")}

@@ -22,11 +22,11 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import app as client_app
 from fedmed.config import load_config
 from fedmed.data import synthesize_hospitals
+from fedmed.federation.consortium_keys import prepare_site_keys
 from fedmed.federation.loopback import LoopbackGrid
 from fedmed.federation.messages import Key
 from fedmed.federation.secure_rounds import MESSAGE_TYPE, RECORD, UPDATE, Field, begin_round, site_step
 from fedmed.federation.server import run_federation
-from fedmed.federation.simulation import prepare_site_keys
 from fedmed.models import create_model, float_state
 from fedmed.secure.ring import RING, SCALE
 from fedmed.secure.secagg import SecureAggregationError

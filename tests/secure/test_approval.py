@@ -23,6 +23,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import fedmed
 from client.app import app as client_app
+from fedmed.app_bundle import project_root, stage_app
 from fedmed.config import (
     InputConfig,
     ModelConfig,
@@ -37,11 +38,10 @@ from fedmed.config.policy import CODE_DIGEST
 from fedmed.data import synthesize_hospitals
 from fedmed.errors import ConfigError, FedmedError, PrivacyError
 from fedmed.federation import site as site_module
+from fedmed.federation.consortium_keys import prepare_site_keys
 from fedmed.federation.loopback import LoopbackGrid
 from fedmed.federation.messages import Key, RoundPlan
-from fedmed.federation.runtime import project_root, stage_app
 from fedmed.federation.server import run_federation
-from fedmed.federation.simulation import prepare_site_keys
 from fedmed.models import create_model, float_state
 from fedmed.secure.approval import check_code_approval, code_digest, fab_digest, running_app_dir
 
