@@ -122,6 +122,7 @@ def share_table(root: Path) -> Section:
     from fedmed.models import create_model
     from fedmed.privacy import plan_privacy, train_private
     from fedmed.privacy.randomness import SecureRandomness
+    from fedmed.tasks import create_task
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     flat, volumes = load_config(configs / "quickstart.yaml"), load_config(configs / "quickstart-3d.yaml")
@@ -146,7 +147,7 @@ def share_table(root: Path) -> Section:
         )
         started = time.perf_counter()
         train_private(
-            model, data.train.as_torch_dataset(), plan, history=[], epochs=1,
+            model, data.train.as_torch_dataset(), plan, loss=create_task(config.task).loss, history=[], epochs=1,
             learning_rate=config.training.learning_rate, momentum=config.training.momentum,
             randomness=SecureRandomness(), device=torch.device("cpu"),
         )

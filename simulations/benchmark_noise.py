@@ -28,13 +28,13 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables import Section, console, show, to_markdown  # noqa: E402
 
-from fedmed.config import (
-    InputConfig,
-    PrivacyConfig,  # noqa: E402
-)
+from fedmed.config import InputConfig, PrivacyConfig, TaskConfig  # noqa: E402
 from fedmed.models import available_models, create_model  # noqa: E402
 from fedmed.privacy import plan_privacy, train_private  # noqa: E402
 from fedmed.privacy.randomness import SecureRandomness, SeededRandomness  # noqa: E402
+from fedmed.tasks import create_task  # noqa: E402
+
+BINARY = create_task(TaskConfig())
 
 SOURCES = {
     "torch generator (seeded, unsafe)": lambda: SeededRandomness(0),
@@ -89,7 +89,8 @@ def step_time(models: list[str], *, samples: int, batch_size: int, image_size: i
                 model = create_model(name, spec=InputConfig(image_size=image_size))
                 started = time.perf_counter()
                 outcome = train_private(
-                    model, dataset, plan, history=[], epochs=1, learning_rate=0.1, randomness=make(),
+                    model, dataset, plan, loss=BINARY.loss, history=[], epochs=1, learning_rate=0.1,
+                    randomness=make(),
                     device=torch.device("cpu"),
                 )
                 timings.append((time.perf_counter() - started) / outcome.steps)

@@ -396,6 +396,7 @@ def quickstart_site_round() -> QuickstartRound:
     from fedmed.models import create_model
     from fedmed.privacy import plan_privacy, train_private
     from fedmed.privacy.randomness import SecureRandomness
+    from fedmed.tasks import create_task
 
     console.rule("[bold]4. quickstart site round (lower bound for the 10% target)")
     config = load_config(QUICKSTART_CONFIG)
@@ -420,7 +421,8 @@ def quickstart_site_round() -> QuickstartRound:
             t2 = time.perf_counter()
             model = create_model(config.model.name, spec=config.data)
             outcome = train_private(
-                model, data.train.as_torch_dataset(), privacy, history=[], epochs=training.local_epochs,
+                model, data.train.as_torch_dataset(), privacy, loss=create_task(config.task).loss, history=[],
+                epochs=training.local_epochs,
                 learning_rate=training.learning_rate, randomness=SecureRandomness(), momentum=training.momentum,
                 device=select_device(training.device),
             )

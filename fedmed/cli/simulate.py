@@ -71,15 +71,18 @@ def _privacy_summary(privacy: Any) -> str:
 
 
 class ProgressPrinter:
-    """One line per stage of each round: loss and epsilon per site, then test AUROC."""
+    """One line per stage of each round: loss and epsilon per site, then the task's test metric."""
 
     def __init__(self, rounds: int) -> None:
         self.rounds = rounds
+        self.metric, self.label = "auroc", "AUROC"
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         prefix = f"round {event['round']}/{self.rounds}" if "round" in event else "end of run"
-        if kind == "train":
+        if kind == "start":
+            self.metric, self.label = event.get("metric", self.metric), event.get("metric_label", self.label)
+        elif kind == "train":
             sites = "  ".join(
                 f"{site} eps {m['epsilon']:.2f}"
                 for site, m in sorted(event["sites"].items())
@@ -87,9 +90,9 @@ class ProgressPrinter:
             console.print(f"{prefix} train     {sites}")
         elif kind == "evaluate":
             sites = "  ".join(
-                f"{site} {_fmt(m.get('auroc'))}" for site, m in sorted(event["sites"].items())
+                f"{site} {_fmt(m.get(self.metric))}" for site, m in sorted(event["sites"].items())
             )
-            console.print(f"{prefix} test AUROC {sites}  pooled {_fmt(event.get('global_auroc'))}")
+            console.print(f"{prefix} test {self.label} {sites}  pooled {_fmt(event.get('pooled'))}")
         elif kind == "failure":
             console.print(f"{prefix} [yellow]{event['stage']} refused:[/] {event['reason']}")
         elif kind == "local-model":
@@ -99,10 +102,10 @@ class ProgressPrinter:
             )
         elif kind == "cross-site":
             cells = "  ".join(
-                f"{model} {'suppressed' if cell.get('suppressed') else _fmt(cell.get('auroc'))}"
+                f"{model} {'suppressed' if cell.get('suppressed') else _fmt(cell.get(self.metric))}"
                 for model, cell in event["cells"].items()
             )
-            console.print(f"cross-site at {event['site']}: AUROC {cells}")
+            console.print(f"cross-site at {event['site']}: {self.label} {cells}")
         elif kind == "secure-aggregation" and "abandoned" in event:
             console.print(f"{prefix} [yellow]abandoned:[/] {event['abandoned']}")
         elif kind == "secure-aggregation":
@@ -118,8 +121,10 @@ def _fmt(value: float | None) -> str:
 
 
 def print_results(results: dict[str, Any]) -> None:
+    metric = (results.get("task") or {}).get("metric") or {"key": "auroc", "label": "AUROC"}
+    key, label = metric["key"], metric["label"]
     table = Table(
-        "site", "n train", "n test", "AUROC", "accuracy", "eps rounds", "eps total", "delta",
+        "site", "n train", "n test", label, "eps rounds", "eps total", "delta",
         title=(
             "per site (epsilon is cumulative for the site's data: after the last round, and in all, "
             "local model included)"
@@ -128,16 +133,16 @@ def print_results(results: dict[str, Any]) -> None:
     for site, s in results["sites"].items():
         spent = (s.get("privacy") or {}).get("epsilon")
         table.add_row(
-            site, str(s["n_train"] or "-"), str(s["n_test"] or "-"), _fmt(s["auroc"]),
-            _fmt(s["accuracy"]), _fmt(s["epsilon"]), _fmt(spent), f"{s['delta']:g}" if s["delta"] else "-",
+            site, str(s["n_train"] or "-"), str(s["n_test"] or "-"), _fmt(s.get(key)),
+            _fmt(s["epsilon"]), _fmt(spent), f"{s['delta']:g}" if s["delta"] else "-",
         )
     console.print(table)
-    console.print(f"pooled test AUROC over all sites: [bold]{_fmt(results['global']['auroc'])}[/]")
+    console.print(f"pooled test {label} over all sites: [bold]{_fmt(results['global'].get(key))}[/]")
     evaluation = results.get("evaluation") or {}
     comparison = evaluation.get("comparison", {})
     if any(v is not None for row in comparison.values() for k, v in row.items() if k != "federated"):
         table = Table(
-            "site", "federated", "site alone", "pooled data", "unseen (left out)", title="test AUROC by model"
+            "site", "federated", "site alone", "pooled data", "unseen (left out)", title=f"test {label} by model"
         )
         for site, row in comparison.items():
             table.add_row(site, *(_fmt(row[k]) for k in ("federated", "local", "pooled", "unseen")))
@@ -151,6 +156,6 @@ def print_results(results: dict[str, Any]) -> None:
             console.print(f"  {finding['text']}")
     elif evaluation.get("subgroups"):
         console.print(
-            f"no subgroup or site gap above {evaluation['finding_gap']:g} AUROC with separate "
+            f"no subgroup or site gap above {evaluation['finding_gap']:g} {label} with separate "
             f"{evaluation['confidence']:.0%} intervals"
         )

@@ -16,6 +16,8 @@ from fedmed.config.schema import (
     SimulationConfig,
     StrategyName,
     SynthesisConfig,
+    TaskConfig,
+    TaskKind,
     TrainingConfig,
     VolumeConfig,
 )
@@ -35,6 +37,8 @@ __all__ = [
     "SitePolicy",
     "StrategyName",
     "SynthesisConfig",
+    "TaskConfig",
+    "TaskKind",
     "TrainingConfig",
     "VolumeConfig",
     "load_config",

@@ -66,11 +66,88 @@ class SampleUnit(StrEnum):
     SERIES = "series"
 
 
+class TaskKind(StrEnum):
+    """What the federation predicts (fedmed.tasks holds one module per kind)."""
+
+    BINARY = "binary"
+    MULTILABEL = "multilabel"
+    MULTICLASS = "multiclass"
+    SEGMENTATION = "segmentation"
+
+
+OutputName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+"""A label, class or structure name: lower-case letters, digits and '_' (it names manifest columns and metrics)."""
+
+_NAMES_OF = {
+    TaskKind.BINARY: None,
+    TaskKind.MULTILABEL: "labels",
+    TaskKind.MULTICLASS: "classes",
+    TaskKind.SEGMENTATION: "structures",
+}
+_RESERVED = {"file", "split", "mask", "label"}
+
+
+class TaskConfig(Section):
+    """The task: what a manifest's targets are, the network's head, the loss and the metrics."""
+
+    kind: TaskKind = TaskKind.BINARY
+    labels: tuple[OutputName, ...] = ()
+    """multilabel: the findings, each a 0/1 column of the manifest (``file,split,<label>,...``)."""
+    classes: tuple[OutputName, ...] = ()
+    """multiclass: the classes; the manifest's ``label`` column names one (or gives its index)."""
+    structures: tuple[OutputName, ...] = ()
+    """segmentation: the structures; mask value i (1-based) is the i-th, 0 is background."""
+
+    @model_validator(mode="after")
+    def _names_fit_the_kind(self) -> TaskConfig:
+        wanted = _NAMES_OF[self.kind]
+        for key in ("labels", "classes", "structures"):
+            if key != wanted and getattr(self, key):
+                raise ValueError(f"task {self.kind} takes no {key}" + (f"; name its {wanted}" if wanted else ""))
+        if wanted is None:
+            return self
+        names = getattr(self, wanted)
+        least = 2 if self.kind is TaskKind.MULTICLASS else 1
+        if len(names) < least:
+            raise ValueError(
+                f"task {self.kind} needs {wanted}: at least {least}, e.g. "
+                + {"labels": "labels: [nodule, effusion]", "classes": "classes: [mild, moderate, severe]",
+                   "structures": "structures: [lesion]"}[wanted]
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task {wanted} must be unique; repeated: {', '.join(repeated)}")
+        reserved = sorted(set(names) & _RESERVED) if self.kind is TaskKind.MULTILABEL else []
+        if reserved:
+            raise ValueError(
+                f"task labels name manifest columns; {', '.join(reserved)} is taken by the manifest itself"
+            )
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The labels, classes or structures of this kind (empty for binary)."""
+        wanted = _NAMES_OF[self.kind]
+        return tuple(getattr(self, wanted)) if wanted else ()
+
+
+SYNTHESIS_TASKS = {
+    "radiograph": TaskKind.BINARY,
+    "ct-series": TaskKind.BINARY,
+    "multilabel": TaskKind.MULTILABEL,
+    "segmentation": TaskKind.SEGMENTATION,
+    "ct-segmentation": TaskKind.SEGMENTATION,
+}
+"""The task each kind of demo hospital is labelled for."""
+
+
 class SynthesisConfig(Section):
     """Demo hospitals written by ``fedmed synth`` when the data folder is missing."""
 
-    kind: Literal["radiograph", "ct-series"] = "radiograph"
-    """radiograph: one 2-D image per study; ct-series: CT series, one file per slice."""
+    kind: Literal["radiograph", "ct-series", "multilabel", "segmentation", "ct-segmentation"] = "radiograph"
+    """radiograph: one 2-D image per study, one label; ct-series: CT series, one file per slice;
+    multilabel: radiographs with several findings; segmentation / ct-segmentation: images or CT
+    series with DICOM SEG masks."""
     images_per_site: Annotated[int, Field(ge=20)] = 600
     """Studies per site (each a series of ``slices`` files for ct-series)."""
     slices: Annotated[int, Field(ge=2, le=512)] = 16
@@ -219,12 +296,13 @@ class EvaluationConfig(Section):
     """Cross-site and subgroup evaluation at the end of a run, and which baselines to train."""
 
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
-    """Operating threshold on the model's score for sensitivity and specificity."""
+    """Operating threshold on the model's score for sensitivity and specificity (binary task)."""
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
     """Level of the bootstrap confidence intervals."""
     bootstrap_samples: Annotated[int, Field(ge=100)] = 1000
     finding_gap: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    """An AUROC gap larger than this, with non-overlapping intervals, is reported as a finding."""
+    """A gap in the task's metric (AUROC, Dice) larger than this, with non-overlapping intervals,
+    is reported as a finding."""
     local_models: bool = False
     """Each site also trains a model on its own data alone (same DP terms; spends its budget)."""
     pooled_baseline: bool = False
@@ -257,6 +335,7 @@ class SimulationConfig(Section):
 
 class ExperimentConfig(Section):
     name: str
+    task: TaskConfig = TaskConfig()
     data: DataConfig
     model: ModelConfig = ModelConfig()
     training: TrainingConfig
@@ -283,6 +362,36 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"model {self.model.name} takes {dims}-D input but data.sample is {self.data.sample} "
                 f"({wanted}-D); `fedmed models` lists the {wanted}-D networks"
+            )
+        from fedmed.models import check_model_input
+
+        try:
+            check_model_input(self.model.name, self.data)
+        except Exception as error:  # ConfigError -> pydantic's ValueError, with its text
+            raise ValueError(str(error)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits_task(self) -> ExperimentConfig:
+        from fedmed.models import model_kind  # MONAI: only when a config is checked
+        from fedmed.tasks import create_task
+
+        task = create_task(self.task)
+        kind = model_kind(self.model.name)
+        if str(kind) != task.model_kind:
+            raise ValueError(
+                f"task {self.task.kind} needs a {task.model_kind} network, but model {self.model.name} is a "
+                f"{kind}; `fedmed models` lists them by kind"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _demo_data_fits_task(self) -> ExperimentConfig:
+        synth = self.data.synthesize
+        if synth is not None and SYNTHESIS_TASKS[synth.kind] is not self.task.kind:
+            raise ValueError(
+                f"data.synthesize.kind {synth.kind} writes hospitals labelled for the {SYNTHESIS_TASKS[synth.kind]} "
+                f"task, but task.kind is {self.task.kind}"
             )
         return self
 

@@ -131,7 +131,7 @@ def check_folder(folder: Path, *, manifest: Path | None = None) -> FolderReport:
     labels: dict[str, int] = {}
     if manifest is not None:
         rows = read_manifest(Path(manifest), root=folder, series=True)  # files, folders or series UIDs
-        labels = {row.file: row.label for row in rows}
+        labels = {row.file: int(row.values["label"]) for row in rows if row.values.get("label") in ("0", "1")}
     skip = {Path(manifest).resolve()} if manifest is not None else set()
 
     report = FolderReport(folder=str(folder), has_manifest=manifest is not None)

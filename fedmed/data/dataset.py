@@ -1,12 +1,13 @@
 """Load one site's labelled images or volumes into tensors, skipping (and listing) records that cannot be read.
 
-A site folder holds `labels.csv` with columns `file,label,split` (label 0 or 1, split train
-or test) and the DICOM files it names. With `sample: image` each row names one file. With
+A site folder holds `labels.csv` with columns `file,split` and the task's target columns
+(the binary task's `label` 0 or 1; fedmed.tasks says what the others read) and the DICOM
+files it names. With `sample: image` each row names one file. With
 `sample: series` a row names one series: a folder holding it, a single (enhanced
 multi-frame) file, or its SeriesInstanceUID anywhere under the site folder. A bad manifest
-is an error, because it is the site's statement of what to train on; a bad image or series
-is skipped and reported, because one corrupt study in an archive of thousands should not
-stop a site.
+is an error, because it is the site's statement of what to train on; a bad image, series
+or target (a mask that does not fit its image, a missing label) is skipped and reported,
+because one corrupt study in an archive of thousands should not stop a site.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fedmed.data.dicom import (
     read_dicom_metadata,
 )
 from fedmed.data.series import DicomSeries, SeriesError, group_series, read_volume
+from fedmed.data.targets import BinaryLabels, TargetError, TargetReader
 from fedmed.data.volume import preprocess_volume, volume_preprocessing_key
 from fedmed.errors import DataError
 
@@ -50,12 +52,14 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "labels.csv"
-MANIFEST_COLUMNS = ("file", "label", "split")
+MANIFEST_COLUMNS = ("file", "split")
+"""Every manifest's columns; the task adds its own (``label``, one per finding, ``mask``)."""
 SPLITS = ("train", "test")
 
 _MANIFEST_HELP = (
-    "a CSV file with header 'file,label,split': file relative to the site folder (with "
-    "sample: series, a folder, a file or a SeriesInstanceUID), label 0 or 1, split train or test"
+    "a CSV file with header 'file,split' and the task's columns (binary: 'label', 0 or 1): file "
+    "relative to the site folder (with sample: series, a folder, a file or a SeriesInstanceUID), "
+    "split train or test"
 )
 _UID = re.compile(r"[0-9]+(\.[0-9]+)+")  # PS3.5 9.1: digits and dots, at most 64 characters
 _MAX_LISTED = 10
@@ -76,30 +80,35 @@ class SkippedFile:
 @dataclass(frozen=True)
 class ManifestRow:
     file: str
-    label: int
     split: str
     line: int
+    values: dict[str, str]
+    """Every other column of the row, by header name (the task reads its targets from them)."""
 
 
 @dataclass
 class ImageSet:
-    """Images (N, C, H, W) or volumes (N, 1, D, H, W), float32 in [0, 1]; labels (N,) float32; per-record tags.
+    """Images (N, C, H, W) or volumes (N, 1, D, H, W), float32 in [0, 1]; targets (N, ...); per-record tags.
+
+    Targets are the task's: labels (N,) or (N, L) float32, classes (N,) int64, label maps
+    (N, *spatial) int64; `target_texts` gives each one exactly, for the dataset fingerprint.
 
     `files` names each record as the manifest does; `sources` lists the files it was read
     from, relative to the site folder (one for an image, every slice of a series in order).
     """
 
     images: torch.Tensor
-    labels: torch.Tensor
+    targets: torch.Tensor
     metadata: list[DicomMetadata]
     files: list[str]
     sources: list[tuple[str, ...]]
+    target_texts: list[str]
 
     def __len__(self) -> int:
         return len(self.files)
 
     def as_torch_dataset(self) -> TensorDataset:
-        return TensorDataset(self.images, self.labels)
+        return TensorDataset(self.images, self.targets)
 
 
 @dataclass
@@ -110,8 +119,13 @@ class SiteData:
     skipped: list[SkippedFile]
 
 
-def load_site_data(site_dir: Path, *, spec: InputConfig, cache_dir: Path | None = None) -> SiteData:
+def load_site_data(
+    site_dir: Path, *, spec: InputConfig, targets: TargetReader | None = None, cache_dir: Path | None = None,
+) -> SiteData:
     """Read `site_dir/labels.csv` and decode every record it lists as `spec` says (through the cache if given).
+
+    `targets` is the task (fedmed.tasks), which reads each record's target; without one the
+    manifest is read as the binary task's (a `label` column of 0 or 1).
 
     Raises:
         DataError: when the folder or manifest is missing or malformed, or when no train
@@ -127,7 +141,8 @@ def load_site_data(site_dir: Path, *, spec: InputConfig, cache_dir: Path | None 
     if not manifest.is_file():
         raise DataError(f"No labels manifest at {manifest}; create {_MANIFEST_HELP}")
     series = spec.sample is SampleUnit.SERIES
-    rows = read_manifest(manifest, root=site_dir, series=series)
+    targets = targets if targets is not None else BinaryLabels()
+    rows = read_manifest(manifest, root=site_dir, series=series, targets=targets)
     cache = ImageCache(Path(cache_dir)) if cache_dir is not None else None
 
     kept: dict[str, list[_Record]] = {s: [] for s in SPLITS}
@@ -135,6 +150,8 @@ def load_site_data(site_dir: Path, *, spec: InputConfig, cache_dir: Path | None 
     reasons: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     records = _series_records(site_dir, rows, spec, cache) if series else _image_records(site_dir, rows, spec, cache)
     for row, outcome in records:
+        if not isinstance(outcome, SkippedFile):
+            outcome = _with_target(outcome, site_dir, spec, targets, cache)
         if isinstance(outcome, SkippedFile):
             skipped.append(outcome)
             reasons[row.split][outcome.short_reason] += 1
@@ -146,8 +163,8 @@ def load_site_data(site_dir: Path, *, spec: InputConfig, cache_dir: Path | None 
             raise DataError(_no_usable_message(site_dir, split, rows, reasons[split]))
     return SiteData(
         site_dir=site_dir,
-        train=_image_set(kept["train"]),
-        test=_image_set(kept["test"]),
+        train=_image_set(kept["train"], targets),
+        test=_image_set(kept["test"], targets),
         skipped=skipped,
     )
 
@@ -158,6 +175,36 @@ class _Record:
     array: np.ndarray
     metadata: DicomMetadata
     sources: tuple[str, ...]
+    target: np.ndarray | None = None
+
+
+def _with_target(
+    record: _Record, site_dir: Path, spec: InputConfig, targets: TargetReader, cache: ImageCache | None,
+) -> _Record | SkippedFile:
+    """The record with its target read, or the row skipped with why (a mask that does not fit, say).
+
+    A target read from files of its own (a segmentation mask) is cached like an image,
+    keyed by the content of those files and of the image's, and by the model's input.
+    """
+    row = record.row
+    sources = [site_dir / name for name in record.sources]
+
+    def read() -> np.ndarray:
+        return targets.read_target(row, site_dir=site_dir, sources=sources, spec=spec)
+
+    try:
+        files = targets.target_files(row)
+        if cache is not None and files and all((site_dir / name).is_file() for name in files):
+            parameters = f"target:{type(targets).__name__}:{spec.model_dump_json()}"
+            key = content_key([site_dir / name for name in files] + sources, parameters)
+            target = cache.load_or_compute(key, tuple(spec.spatial_shape), read)
+        else:
+            target = read()
+    except TargetError as exc:
+        return SkippedFile(row.file, exc.reason + (f" ({exc.detail})" if exc.detail else ""))
+    except DicomReadError as exc:  # a mask file that cannot be read (fedmed.data.masks)
+        return SkippedFile(row.file, exc.reason + (f" ({exc.detail})" if exc.detail else ""))
+    return _Record(row, record.array, record.metadata, record.sources, np.asarray(target))
 
 
 def _image_records(
@@ -356,20 +403,25 @@ def manifest_names_series(site_dir: Path) -> bool:
     return any(not (Path(site_dir) / row.file).is_file() for row in rows)
 
 
-def read_manifest(manifest: Path, *, root: Path, series: bool = False) -> list[ManifestRow]:
+def read_manifest(
+    manifest: Path, *, root: Path, series: bool = False, targets: TargetReader | None = None,
+) -> list[ManifestRow]:
     """Parse and check a labels manifest; every problem is listed in one error.
 
-    With `series`, a row may name a folder or a SeriesInstanceUID as well as a file.
+    With `series`, a row may name a folder or a SeriesInstanceUID as well as a file. With
+    `targets`, the task's columns must be there and its manifest-wide checks hold (binary:
+    label 0 or 1); without, only `file` and `split` are required (``fedmed data check``).
 
     Raises:
-        DataError: naming the manifest and each bad line (unknown file, label not 0/1,
+        DataError: naming the manifest and each bad line (unknown file, a bad label,
             split not train/test, duplicate file, a path outside `root`).
     """
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, restkey="_extra")
             header = [name.strip() for name in (reader.fieldnames or [])]
-            missing = [column for column in MANIFEST_COLUMNS if column not in header]
+            required = (*MANIFEST_COLUMNS, *(targets.manifest_columns() if targets is not None else ()))
+            missing = [column for column in required if column not in header]
             if missing:
                 raise DataError(
                     f"Labels manifest {manifest} lacks column(s) {', '.join(missing)} "
@@ -387,20 +439,23 @@ def read_manifest(manifest: Path, *, root: Path, series: bool = False) -> list[M
     for line, raw in raw_rows:
         if not any(raw.values()):
             continue  # blank line
-        file, label, split = _normalise_path(raw["file"]), raw["label"], raw["split"]
-        problem = _row_problem(root, file, label, split, seen, series=series)
+        file, split = _normalise_path(raw["file"]), raw["split"]
+        problem = _row_problem(root, file, split, seen, series=series)
+        if problem is None and targets is not None:
+            problem = targets.manifest_problem({**raw, "file": file})
         if problem:
             problems.append(f"line {line}: {problem}")
             continue
         seen[file] = line
-        rows.append(ManifestRow(file=file, label=int(label), split=split, line=line))
+        values = {key: value for key, value in raw.items() if key not in MANIFEST_COLUMNS}
+        rows.append(ManifestRow(file=file, split=split, line=line, values=values))
     if problems:
         listed = "; ".join(problems[:_MAX_LISTED])
         more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         raise DataError(
             f"Labels manifest {manifest} has {len(problems)} bad row(s): {listed}{more}. "
             f"Each row needs a {'series (folder, file or SeriesInstanceUID)' if series else 'file'} under {root}, "
-            "label 0 or 1, split train or test"
+            "the task's target (binary: label 0 or 1) and split train or test"
         )
     return rows
 
@@ -415,9 +470,7 @@ def _normalise_path(file: str) -> str:
     return PurePosixPath(file.replace("\\", "/")).as_posix() if file else ""
 
 
-def _row_problem(
-    root: Path, file: str, label: str, split: str, seen: dict[str, int], *, series: bool
-) -> str | None:
+def _row_problem(root: Path, file: str, split: str, seen: dict[str, int], *, series: bool) -> str | None:
     if not file:
         return "empty file name"
     relative = PurePosixPath(file)
@@ -430,20 +483,20 @@ def _row_problem(
             return f"unknown series '{file}' (no such folder or file under {root}, and not a SeriesInstanceUID)"
     elif not (root / relative).is_file():
         return f"unknown file '{file}' (not found under {root})"
-    if label not in ("0", "1"):
-        return f"label '{label}' for '{file}' must be 0 or 1"
     if split not in SPLITS:
         return f"split '{split}' for '{file}' must be train or test"
     return None
 
 
-def _image_set(kept: list[_Record]) -> ImageSet:
+def _image_set(kept: list[_Record], targets: TargetReader) -> ImageSet:
+    stacked = np.stack([np.asarray(record.target) for record in kept])
     return ImageSet(
         images=torch.from_numpy(np.stack([record.array for record in kept])).contiguous(),
-        labels=torch.tensor([record.row.label for record in kept], dtype=torch.float32),
+        targets=torch.from_numpy(stacked).to(targets.target_dtype).contiguous(),
         metadata=[record.metadata for record in kept],
         files=[record.row.file for record in kept],
         sources=[record.sources for record in kept],
+        target_texts=[targets.target_text(record.target) for record in kept],
     )
 
 

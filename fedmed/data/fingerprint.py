@@ -2,7 +2,7 @@
 
 The budget belongs to the data, not to a run: two runs over the same training records
 draw on one budget. The fingerprint covers each training record's bytes (an image's file,
-or every slice of a series in order) and label, in a fixed order, so renaming the folder
+or every slice of a series in order) and target, in a fixed order, so renaming the folder
 keeps it and changing any record changes it.
 """
 
@@ -14,14 +14,18 @@ from fedmed.data.dataset import SiteData
 
 
 def dataset_fingerprint(data: SiteData) -> str:
-    """SHA-256 over the sorted (record content hash, label) pairs of the training records."""
+    """SHA-256 over the sorted (record content hash, target) pairs of the training records.
+
+    A binary label is written as before (``0`` or ``1``), so existing ledgers keep their
+    fingerprint; other tasks' targets as their task writes them exactly (a mask by its hash).
+    """
     records = sorted(
-        (_record_hash(data, sources), int(label))
-        for sources, label in zip(data.train.sources, data.train.labels.tolist(), strict=True)
+        (_record_hash(data, sources), target)
+        for sources, target in zip(data.train.sources, data.train.target_texts, strict=True)
     )
     digest = hashlib.sha256(b"fedmed-dataset-v1\n")
-    for content, label in records:
-        digest.update(f"{content} {label}\n".encode())
+    for content, target in records:
+        digest.update(f"{content} {target}\n".encode())
     return digest.hexdigest()
 
 

@@ -17,9 +17,9 @@ from fedmed.config import ExperimentConfig
 from fedmed.deploy.provision import Consortium
 from fedmed.errors import ConfigError
 from fedmed.federation.messages import DEPLOYMENT, Key
+from fedmed.federation.recorder import PROGRESS_FILE, clear_run_folder, read_results
 from fedmed.federation.runtime import FlowerConnection, RunStatus, flower_environment, wait_healthy
 from fedmed.federation.simulation import ProgressFollower
-from fedmed.report import PROGRESS_FILE, clear_run_folder, read_results
 
 SUPERLINK_WAIT = 60.0
 """Seconds `fedmed run` waits for the SuperLink to answer before giving up."""

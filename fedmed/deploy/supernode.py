@@ -42,11 +42,14 @@ What leaves this site, and nothing else:
   - each round's privacy ledger entry (noise, sampling rate, steps, epsilon, a hash of the model
     received, a keyed commitment to the update), signed with this site's key;
   - per-round metrics: example counts, epsilon and delta, and, for a round this site trained in,
-    test AUROC, accuracy and loss, a score histogram per class coarsened to bins of at least
-    {policy.min_cell_size} patients, the number of skipped files (the training loss stays here);
+    the task's test metrics (AUROC, accuracy and loss; Dice and HD95 per structure), the
+    aggregates that pool them (score histograms per class coarsened to bins of at least
+    {policy.min_cell_size} patients; per structure the case count and sum of Dice), the number
+    of skipped files (the training loss stays here);
 {local_model}  - once per run, for at most {max_models} models the server sends and for each sex, age band and
-    scanner manufacturer: patient count, prevalence, AUROC with its interval, sensitivity,
-    specificity and calibration error, only for groups of at least {policy.min_cell_size} patients
+    scanner manufacturer: patient count and the task's cell metrics (prevalence, AUROC with its
+    interval, sensitivity, specificity and calibration error; or Dice with its interval and
+    HD95), only for groups of at least {policy.min_cell_size} patients
     (min_cell_size); smaller groups are sent as "suppressed".
 No image, label, file name or DICOM tag leaves the site."""
 

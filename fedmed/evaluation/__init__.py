@@ -15,7 +15,7 @@ from fedmed.evaluation.metrics import (
     score_histograms,
     sensitivity_specificity,
 )
-from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_cell, evaluate_subgroups
+from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_subgroups
 
 __all__ = [
     "ATTRIBUTES",
@@ -24,7 +24,6 @@ __all__ = [
     "auroc_interval",
     "describe_group",
     "equalized_odds_difference",
-    "evaluate_cell",
     "evaluate_subgroups",
     "expected_calibration_error",
     "find_findings",

@@ -2,7 +2,7 @@
 
 A cell covering fewer than `min_cell_size` distinct patients is released as
 `{"suppressed": True}` and nothing else, not even its size: a metric over a handful of
-patients (an AUROC over three women over 80 on one scanner) can reveal their diagnoses to
+patients (an AUROC or a Dice over three women over 80 on one scanner) can reveal their diagnoses to
 anyone who knows who they are, so such cells never leave the site. Patients, not images,
 are counted, because several images of one person protect no one.
 
@@ -22,15 +22,9 @@ import numpy as np
 
 from fedmed.data.check import age_band
 from fedmed.data.dicom import DicomMetadata
-from fedmed.evaluation.metrics import (
-    auroc_interval,
-    equalized_odds_difference,
-    expected_calibration_error,
-    roc_auc,
-    sensitivity_specificity,
-)
+from fedmed.evaluation.metrics import equalized_odds_difference
 
-__all__ = ["ATTRIBUTES", "evaluate_cell", "evaluate_subgroups", "patient_keys"]
+__all__ = ["ATTRIBUTES", "CellMetrics", "evaluate_subgroups", "patient_keys"]
 
 ATTRIBUTES = ("sex", "age_band", "manufacturer")
 
@@ -51,79 +45,34 @@ def patient_keys(metadata: Sequence[DicomMetadata]) -> list[Hashable]:
     return [m.patient_id if m.patient_id is not None else ("image", i) for i, m in enumerate(metadata)]
 
 
-def evaluate_cell(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    *,
-    patients: int,
-    threshold: float,
-    min_cell_size: int,
-    confidence: float,
-    n_resamples: int,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Metrics of one cell, or exactly `{"suppressed": True}` below `min_cell_size` patients."""
-    if patients < min_cell_size or len(labels) == 0:
-        return {"suppressed": True}
-    labels = np.asarray(labels, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    interval = auroc_interval(labels, scores, confidence=confidence, n_resamples=n_resamples, seed=seed)
-    sensitivity, specificity = sensitivity_specificity(labels, scores, threshold=threshold)
-    return {
-        "n": int(labels.size),
-        "prevalence": float(np.mean(labels >= 0.5)),
-        "auroc": roc_auc(labels, scores),
-        "auroc_ci": list(interval) if interval is not None else None,
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "ece": expected_calibration_error(labels, scores),
-    }
+CellMetrics = Callable[[np.ndarray, int], dict[str, Any]]
+"""The task's metrics of the records at these indices, over this many patients (fedmed.tasks)."""
 
 
 def evaluate_subgroups(
-    labels: np.ndarray,
-    scores: np.ndarray,
     metadata: Sequence[DicomMetadata],
+    cell: CellMetrics,
     *,
-    threshold: float,
+    metric: str,
     min_cell_size: int,
-    confidence: float,
-    n_resamples: int,
-    seed: int = 0,
     attributes: Sequence[str] = ATTRIBUTES,
 ) -> dict[str, Any]:
     """The site's overall cell and, per attribute, a cell per group with summaries.
 
+    `cell` computes the task's metrics of a group (it suppresses a cell under
+    `min_cell_size` patients itself); `metric` is the headline key the summaries compare.
     Suppressed groups keep their name in `groups` (that a group exists is not sensitive;
     its numbers are) but are left out of `worst_group`, `largest_gap` and
     `equalized_odds_difference`, which are None when fewer than two groups qualify.
     `attributes` chooses the breakdowns; with none, only the overall cell is computed.
-
-    Raises:
-        ValueError: when labels, scores and metadata differ in length.
     """
-    labels = np.asarray(labels, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    if not len(labels) == len(scores) == len(metadata):
-        raise ValueError(
-            f"labels, scores and metadata must be aligned, got {len(labels)}, {len(scores)} and {len(metadata)} items"
-        )
     keys = patient_keys(metadata)
-
-    def cell(index: np.ndarray) -> dict[str, Any]:
-        return evaluate_cell(
-            labels[index],
-            scores[index],
-            patients=len({keys[i] for i in index}),
-            threshold=threshold,
-            min_cell_size=min_cell_size,
-            confidence=confidence,
-            n_resamples=n_resamples,
-            seed=seed,
-        )
 
     def patients_in(index: np.ndarray) -> int:
         return len({keys[i] for i in index})
+
+    def group_cell(index: np.ndarray) -> dict[str, Any]:
+        return cell(index, patients_in(index))
 
     breakdown = {}
     for attribute in attributes:
@@ -132,9 +81,11 @@ def evaluate_subgroups(
         ordered = sorted(set(names), key=lambda n: (n == UNKNOWN, known.index(n) if n in known else len(known), n))
         members = {name: np.flatnonzero(names == name) for name in ordered}
         hidden = _suppressed(members, patients_in, min_cell_size)
-        groups = {name: {"suppressed": True} if name in hidden else cell(index) for name, index in members.items()}
-        breakdown[attribute] = {"groups": groups, **_summarise(groups)}
-    return {"overall": cell(np.arange(len(labels))), "attributes": breakdown}
+        groups = {
+            name: {"suppressed": True} if name in hidden else group_cell(index) for name, index in members.items()
+        }
+        breakdown[attribute] = {"groups": groups, **_summarise(groups, metric)}
+    return {"overall": group_cell(np.arange(len(metadata))), "attributes": breakdown}
 
 
 def _suppressed(
@@ -155,15 +106,16 @@ def _suppressed(
     return hidden
 
 
-def _summarise(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Worst group, AUROC gap and equalized odds difference over unsuppressed groups."""
+def _summarise(groups: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Worst group and largest gap in `metric`, and (binary cells) the equalized odds difference,
+    over the released groups."""
     released = {name: c for name, c in groups.items() if not c.get("suppressed")}
-    aurocs = {name: c["auroc"] for name, c in released.items() if c["auroc"] is not None}
-    enough = len(aurocs) >= 2
+    values = {name: c[metric] for name, c in released.items() if c.get(metric) is not None}
+    enough = len(values) >= 2
     return {
-        "worst_group": min(aurocs, key=aurocs.__getitem__) if enough else None,
-        "largest_gap": float(max(aurocs.values()) - min(aurocs.values())) if enough else None,
+        "worst_group": min(values, key=values.__getitem__) if enough else None,
+        "largest_gap": float(max(values.values()) - min(values.values())) if enough else None,
         "equalized_odds_difference": equalized_odds_difference(
-            (c["sensitivity"], c["specificity"]) for c in released.values()
+            (c["sensitivity"], c["specificity"]) for c in released.values() if "sensitivity" in c
         ),
     }

@@ -26,12 +26,13 @@ from fedmed.federation.consortium_keys import prepare_site_keys
 from fedmed.federation.cross_site import save_baseline
 from fedmed.federation.messages import POOLED_MODEL, Key, without_model_id
 from fedmed.federation.node import CACHE_DIR
+from fedmed.federation.recorder import MODEL_FILE
 from fedmed.federation.runtime import SimulationEngine
 from fedmed.federation.site import select_device
 from fedmed.models import create_model, float_state
 from fedmed.privacy import plan_privacy, train_private
 from fedmed.privacy.randomness import SecureRandomness, SeededRandomness
-from fedmed.report import MODEL_FILE
+from fedmed.tasks import create_task
 
 BASELINES_DIR = "baselines"
 
@@ -68,9 +69,10 @@ def train_baselines(
 def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
     """DP-SGD on every site's training set at once, with the run's terms and epochs."""
     training = config.training
+    task = create_task(config.task)
     sets = [
         load_site_data(
-            config.data.root / site, spec=config.data,
+            config.data.root / site, spec=config.data, targets=task,
             cache_dir=config.data.cache_dir or config.state_root / site / CACHE_DIR,
         ).train
         for site in config.data.sites
@@ -82,10 +84,10 @@ def train_pooled(config: ExperimentConfig) -> dict[str, torch.Tensor]:
         local_epochs=epochs, rounds=1,
     )
     torch.manual_seed(training.seed)  # the federation's initial model
-    model = create_model(config.model.name, spec=config.data)
+    model = create_model(config.model.name, spec=config.data, outputs=task.outputs)
     randomness = SeededRandomness(training.seed) if training.unsafe_reproducible else SecureRandomness()
     train_private(
-        model, dataset, plan, history=[], epochs=epochs, learning_rate=training.learning_rate,
+        model, dataset, plan, loss=task.loss, history=[], epochs=epochs, learning_rate=training.learning_rate,
         randomness=randomness, momentum=training.momentum, device=select_device(training.device),
     )
     return float_state(model)

@@ -31,7 +31,7 @@ from fedmed.federation.messages import (
     local_model_id,
     scalars,
 )
-from fedmed.report import RunRecorder
+from fedmed.federation.recorder import RunRecorder
 
 log = logging.getLogger("fedmed.server")
 

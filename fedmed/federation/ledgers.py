@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 from fedmed.federation.identity import SiteRegistry
+from fedmed.federation.recorder import RunRecorder
 from fedmed.privacy.ledger import LedgerError, verify_entry
-from fedmed.report import RunRecorder
 
 
 def record_ledger(recorder: RunRecorder, registry: SiteRegistry, site: str, lines: list[str]) -> None:

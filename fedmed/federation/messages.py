@@ -20,6 +20,7 @@ from fedmed.config import (
     ModelConfig,
     PrivacyConfig,
     SecureAggregationConfig,
+    TaskConfig,
     TrainingConfig,
 )
 from fedmed.config.schema import InputConfig, Section
@@ -53,10 +54,9 @@ class Key(StrEnum):
     NOISE_MULTIPLIER = "noise-multiplier"
     SAMPLE_RATE = "sample-rate"
     STEPS = "steps"
-    AUROC = "auroc"
-    ACCURACY = "accuracy"
-    SCORE_GROUPS = "score-groups"
-    """Flat (first bin, last bin, positives, negatives) per group (fedmed.evaluation.score_groups)."""
+    RELEASE = "release"
+    """What a site releases about its test set for the pooled metric, in its task's layout
+    (fedmed.tasks: score groups for AUROC, per-structure Dice sums for segmentation)."""
     SKIPPED_FILES = "skipped-files"
     SECONDS = "seconds"
     # run config (set by `fedmed simulate` and `fedmed run`)
@@ -99,6 +99,7 @@ class ErrorCode(IntEnum):
 class RoundPlan(Section):
     """The terms the server asks a site to train or evaluate under."""
 
+    task: TaskConfig = TaskConfig()
     model: ModelConfig
     input: InputConfig
     training: TrainingConfig
@@ -113,6 +114,7 @@ def encode_plan(config: ExperimentConfig) -> ConfigRecord:
     The strategy adds ``server-round`` to it for each round.
     """
     plan = RoundPlan(
+        task=config.task,
         model=config.model,
         input=config.data.input_only(),
         training=config.training,
@@ -166,3 +168,8 @@ def model_label(model_id: str) -> str:
 def scalars(metrics: MetricRecord) -> dict[str, float]:
     """Scalar metrics with snake_case names, as results.json spells them."""
     return {k.replace("-", "_"): v for k, v in metrics.items() if not isinstance(v, list)}
+
+
+def metric_entries(metrics: dict[str, float | None]) -> dict[str, float]:
+    """A task's metrics as MetricRecord entries: kebab-case keys, undefined ones (None) left out."""
+    return {k.replace("_", "-"): float(v) for k, v in metrics.items() if v is not None}

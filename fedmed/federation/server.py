@@ -29,11 +29,12 @@ from fedmed.federation.identity import SiteRegistry, UnverifiedSite
 from fedmed.federation.ledgers import record_ledger
 from fedmed.federation.messages import SIMULATION, Key, encode_plan, scalars, state_from_arrays
 from fedmed.federation.polling import PromptGrid
+from fedmed.federation.recorder import MODEL_FILE, RunRecorder
 from fedmed.federation.secure_rounds import RECORD, Field, secure_aggregate
 from fedmed.models import create_model, float_state
-from fedmed.report import MODEL_FILE, RunRecorder
 from fedmed.secure.manifest import MANIFEST_FILE, load_manifest
 from fedmed.secure.secagg import RoundAbandoned
+from fedmed.tasks import create_task
 
 log = logging.getLogger("fedmed.server")
 
@@ -141,15 +142,13 @@ class SiteTrackingFedAvg(FedAvg):
         verified = self._sort_replies(server_round, replies, "evaluate")
         for site, msg in verified:
             metrics = msg.content[Key.METRICS]
-            values = scalars(metrics)
-            if values.get("auroc", 0.0) < 0:  # a test set with a single class has no AUROC
-                values["auroc"] = None
-            flat = [int(v) for v in metrics[Key.SCORE_GROUPS]]
-            groups = [tuple(flat[k : k + 4]) for k in range(0, len(flat) - len(flat) % 4, 4)]
-            self.recorder.record_evaluate(server_round, site, values, groups)
+            release = [float(v) for v in metrics[Key.RELEASE]] if Key.RELEASE in metrics else []
+            self.recorder.record_evaluate(
+                server_round, site, scalars(metrics), release, node_id=msg.metadata.src_node_id,
+            )
         self.recorder.finish_evaluate(server_round)
-        pooled = self.recorder.pooled_auroc()
-        return MetricRecord({"pooled-auroc": pooled}) if pooled is not None else None
+        pooled = self.recorder.pooled_metric()
+        return MetricRecord({f"pooled-{self.recorder.metric}": pooled}) if pooled is not None else None
 
 
 def run_federation(grid: Grid, context: Context) -> None:
@@ -190,7 +189,7 @@ def train_federation(
     grid: Grid, config: ExperimentConfig, recorder: RunRecorder, *, registry: SiteRegistry
 ) -> TrainedFederation:
     torch.manual_seed(config.training.seed)  # the initial model is public: every site receives it
-    model = create_model(config.model.name, spec=config.data)
+    model = create_model(config.model.name, spec=config.data, outputs=create_task(config.task).outputs)
     strategy = SiteTrackingFedAvg(
         recorder, min_sites=config.min_sites, registry=registry, secure=config.secure_aggregation.enabled,
     )
@@ -213,6 +212,7 @@ def save_model(path: Path, config: ExperimentConfig, arrays: ArrayRecord) -> Non
         {
             "fedmed_version": __version__,
             "model": config.model.name,
+            "task": config.task.model_dump(mode="json"),
             "input": config.data.input_only().model_dump(mode="json"),
             "state_dict": state_from_arrays(arrays),
         },

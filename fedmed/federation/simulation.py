@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from fedmed.config import ExperimentConfig
-from fedmed.data import synthesize_ct_hospitals, synthesize_hospitals
+from fedmed.data.demo import synthesize_demo
 from fedmed.data.synth import site_names
 from fedmed.errors import DataError
 from fedmed.federation.baselines import train_baselines
 from fedmed.federation.consortium_keys import prepare_site_keys
 from fedmed.federation.messages import Key
+from fedmed.federation.recorder import PROGRESS_FILE, clear_run_folder, read_results
 from fedmed.federation.runtime import RunStatus, SimulationEngine
-from fedmed.report import PROGRESS_FILE, clear_run_folder, read_results
 
 
 def prepare_site_folders(config: ExperimentConfig, *, announce: Callable[[str], None]) -> None:
@@ -33,17 +33,7 @@ def prepare_site_folders(config: ExperimentConfig, *, announce: Callable[[str], 
                 f"lists {', '.join(data.sites)}; use those names or remove data.synthesize"
             )
         announce(f"writing demo hospitals to {data.root} (data.synthesize)")
-        synth = data.synthesize
-        if synth.kind == "ct-series":
-            synthesize_ct_hospitals(
-                data.root, n_sites=len(data.sites), studies_per_site=synth.images_per_site, slices=synth.slices,
-                image_size=synth.stored_size, test_fraction=synth.test_fraction, seed=synth.seed,
-            )
-        else:
-            synthesize_hospitals(
-                data.root, n_sites=len(data.sites), images_per_site=synth.images_per_site,
-                image_size=synth.stored_size, test_fraction=synth.test_fraction, seed=synth.seed,
-            )
+        synthesize_demo(data.root, data.synthesize, n_sites=len(data.sites), names=config.task.names)
     if not data.root.is_dir():
         raise DataError(
             f"data.root {data.root} does not exist; create it with one folder per site, or "

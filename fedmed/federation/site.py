@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -27,7 +28,6 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from fedmed.config import DeviceName, SitePolicy, load_site_policy
 from fedmed.data import SiteData, dataset_fingerprint, load_site_data
 from fedmed.errors import ConfigError, PrivacyError
-from fedmed.evaluation import accuracy, predict_scores, roc_auc, score_groups
 from fedmed.evaluation.subgroups import ATTRIBUTES, evaluate_subgroups, patient_keys
 from fedmed.federation.messages import (
     GLOBAL_MODEL,
@@ -36,6 +36,7 @@ from fedmed.federation.messages import (
     RoundPlan,
     arrays_from_state,
     decode_plan,
+    metric_entries,
     state_from_arrays,
 )
 from fedmed.federation.node import Site, reply_or_refuse, signing_key
@@ -47,6 +48,7 @@ from fedmed.privacy.ledger import commit_state, hash_state, verify_ledger_file
 from fedmed.privacy.randomness import Randomness, SecureRandomness, SeededRandomness, bootstrap_seed
 from fedmed.privacy.terms import check_noise, check_randomness, check_terms
 from fedmed.secure.keys import commitment_key
+from fedmed.tasks import Task, create_task
 
 log = logging.getLogger("fedmed.site")
 
@@ -89,16 +91,16 @@ def _answer(msg: Message, context: Context, step: Callable[[Message, Context, Si
     return reply_or_refuse(msg, context, step)
 
 
-def _load(site: Site, plan: RoundPlan) -> SiteData:
-    data = load_site_data(site.data_dir, spec=plan.input, cache_dir=site.image_cache)
+def _load(site: Site, plan: RoundPlan, task: Task) -> SiteData:
+    data = load_site_data(site.data_dir, spec=plan.input, targets=task, cache_dir=site.image_cache)
     for skipped in data.skipped:
         log.warning("site %s skipped %s: %s", site.site_id, skipped.path, skipped.reason)
     return data
 
 
 def _model(plan: RoundPlan, weights: dict[str, torch.Tensor], *, site: str) -> torch.nn.Module:
-    """The network the plan names, with the server's weights, once they are checked."""
-    model = create_model(plan.model.name, spec=plan.input)
+    """The network the plan names, for the plan's task, with the server's weights, once they are checked."""
+    model = create_model(plan.model.name, spec=plan.input, outputs=create_task(plan.task).outputs)
     try:
         load_float_state(model, weights)
     except ValueError as error:
@@ -157,7 +159,8 @@ def _train_privately(
     check_randomness(
         policy, site=site.site_id, unsafe_reproducible=training.unsafe_reproducible, simulated=site.simulated
     )
-    data = _load(site, plan)
+    task = create_task(plan.task)
+    data = _load(site, plan, task)
     # The site keeps its books at its own delta and accountant, whatever the run asks.
     terms = plan.privacy.model_copy(update={"delta": policy.delta, "accountant": policy.accountant})
     privacy = plan_privacy(
@@ -187,6 +190,7 @@ def _train_privately(
         model,
         data.train.as_torch_dataset(),
         privacy,
+        loss=task.loss,
         history=history,
         epochs=epochs,
         learning_rate=training.learning_rate,
@@ -298,8 +302,8 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
 
     A model the server chose is a question about the site's test patients, so the site
     answers one per round, only for a round it trained in (its ledger says so), never over
-    fewer patients than its ``min_cell_size``, and with score histograms coarsened to the
-    same cell size.
+    fewer patients than its ``min_cell_size``, and releasing only the task's aggregates
+    (score histograms coarsened to the same cell size, per-structure Dice sums).
     """
     started = time.perf_counter()
     policy = _policy(site)
@@ -307,32 +311,29 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     server_round = int(msg.content[Key.CONFIG][Key.SERVER_ROUND])
     _check_trained(site, run_id=str(context.run_id), server_round=server_round)
     _mark_evaluated(context, site, f"round {server_round}")
-    data = _load(site, plan)
+    task = create_task(plan.task)
+    data = _load(site, plan, task)
     patients = patient_keys(data.test.metadata)
     _check_enough_patients(site, patients, policy.min_cell_size)
     model = _model(plan, state_from_arrays(msg.content[Key.ARRAYS]), site=site.site_id)
-    labels = data.test.labels.numpy()
-    scores = predict_scores(model, data.test.images, device=select_device(plan.training.device))
-    loss = torch.nn.functional.binary_cross_entropy(
-        torch.as_tensor(scores).clamp(1e-7, 1 - 1e-7), torch.as_tensor(labels)
+    predictions = task.predict(model, data.test.images, device=select_device(plan.training.device))
+    evaluation = task.evaluate_site(
+        data.test.targets.numpy(), predictions, patients=patients, min_cell_size=policy.min_cell_size,
     )
-    groups = score_groups(labels, scores, patients=patients, min_patients=policy.min_cell_size)
-    auroc = roc_auc(labels, scores)
     metrics = MetricRecord(
         {
             Key.NUM_EXAMPLES: len(data.test),
-            Key.EVAL_LOSS: float(loss),
-            Key.AUROC: -1.0 if auroc is None else auroc,
-            Key.ACCURACY: accuracy(labels, scores),
-            Key.SCORE_GROUPS: [int(value) for group in groups for value in group],
+            **metric_entries(evaluation.metrics),
+            Key.RELEASE: evaluation.release,
             Key.SKIPPED_FILES: len(data.skipped),
             Key.SECONDS: time.perf_counter() - started,
         }
     )
+    value = evaluation.metrics.get(task.metric.key)
     log.info(
-        "site %s releases its evaluation of round %s: %d test images of %d patients, AUROC %s, score histograms "
-        "in bins of at least %d patients", site.site_id, server_round, len(labels), len(set(patients)),
-        "n/a" if auroc is None else f"{auroc:.3f}", policy.min_cell_size,
+        "site %s releases its evaluation of round %s: %d test records of %d patients, %s %s, aggregates "
+        "over at least %d patients", site.site_id, server_round, len(data.test), len(set(patients)),
+        task.metric.label, "n/a" if value is None else f"{value:.3f}", policy.min_cell_size,
     )
     return Message(content=RecordDict({Key.METRICS: metrics}), reply_to=msg)
 
@@ -386,18 +387,24 @@ def _evaluate_cross_site(msg: Message, context: Context, site: Site) -> Message:
         )
     _mark_evaluated(context, site, "the cross-site evaluation")
     settings = plan.evaluation
-    data = _load(site, plan)
-    labels = data.test.labels.numpy()
+    task = create_task(plan.task)
+    data = _load(site, plan, task)
+    targets = data.test.targets.numpy()
     device = select_device(plan.training.device)
     seed = plan.training.seed if plan.training.unsafe_reproducible else bootstrap_seed()
     cells, subgroups = {}, {}
     for model_id, arrays in models.items():
-        scores = predict_scores(
-            _model(plan, state_from_arrays(arrays), site=site.site_id), data.test.images, device=device
-        )
+        model = _model(plan, state_from_arrays(arrays), site=site.site_id)
+        predictions = task.predict(model, data.test.images, device=device)
+
+        def cell(index: np.ndarray, patients: int, predictions: np.ndarray = predictions) -> dict:
+            return task.evaluate_cell(
+                targets[index], predictions[index], patients=patients, settings=settings,
+                min_cell_size=policy.min_cell_size, seed=seed,
+            )
+
         analysis = evaluate_subgroups(  # groups for the global model; the others' overall cell only
-            labels, scores, data.test.metadata, threshold=settings.threshold, min_cell_size=policy.min_cell_size,
-            confidence=settings.confidence, n_resamples=settings.bootstrap_samples, seed=seed,
+            data.test.metadata, cell, metric=task.metric.key, min_cell_size=policy.min_cell_size,
             attributes=ATTRIBUTES if model_id == GLOBAL_MODEL else (),
         )
         cells[model_id] = analysis["overall"]

@@ -1,4 +1,13 @@
-"""Differential privacy at the site: DP-SGD plan, local training, persistent accountant."""
+"""Differential privacy at the site: DP-SGD plan, local training, persistent accountant.
+
+Local training (:func:`train_private`, :class:`TrainOutcome`) needs torch and Opacus, so
+it is imported on first use: ``fedmed audit`` reads ledgers through this package on an
+auditor's machine that has neither.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from fedmed.privacy.accountant import (
     AccountantStore,
@@ -7,7 +16,11 @@ from fedmed.privacy.accountant import (
     epsilon_of,
 )
 from fedmed.privacy.plan import PrivacyPlan, check_budget, plan_privacy
-from fedmed.privacy.training import TrainOutcome, train_private
+
+if TYPE_CHECKING:
+    from fedmed.privacy.training import TrainOutcome, train_private
+
+_TRAINING = ("TrainOutcome", "train_private")
 
 __all__ = [
     "AccountantStore",
@@ -20,3 +33,12 @@ __all__ = [
     "plan_privacy",
     "train_private",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``fedmed.privacy.train_private`` and ``TrainOutcome``, imported with torch when first asked for."""
+    if name in _TRAINING:
+        from fedmed.privacy import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

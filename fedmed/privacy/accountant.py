@@ -4,6 +4,10 @@ Flower may start a fresh ClientApp process for every message, so an accountant t
 lives in memory would restart at epsilon 0 each round. The history of
 (noise_multiplier, sample_rate, steps) is instead saved after every round and loaded
 before the next; that history is all any accountant needs to recompute epsilon.
+
+Opacus is imported only by the functions that compute with it: a history and its
+:class:`MechanismStep` are plain data, which ``fedmed audit`` reads on an auditor's
+machine that has neither torch nor Opacus (dp_accounting recomputes there).
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from opacus.accountants import IAccountant, create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+from typing import TYPE_CHECKING
 
 from fedmed.errors import PrivacyError
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ def epsilon_of(history: list[MechanismStep], *, delta: float, accountant: str) -
     """Epsilon spent by ``history`` at ``delta`` under the named Opacus accountant."""
     if not history:
         return 0.0
+    from opacus.accountants import create_accountant
+
     opacus_accountant = create_accountant(accountant)
     opacus_accountant.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
     with quiet_opacus():
@@ -62,6 +69,8 @@ def calibrate_noise(
     *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
 ) -> float:
     """Smallest noise multiplier whose ``steps`` steps stay within ``target_epsilon``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     with quiet_opacus():
         return float(
             get_noise_multiplier(

@@ -37,9 +37,8 @@ from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -49,6 +48,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fedmed import __version__
 from fedmed.errors import PrivacyError
 from fedmed.privacy.accountant import MechanismStep
+
+if TYPE_CHECKING:
+    import torch  # only the hashing of model states needs it; `fedmed audit` reads ledgers without it
 
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of entry 0."""
@@ -214,6 +216,8 @@ def commit_state(state: Mapping[str, torch.Tensor], key: bytes) -> str:
 
 
 def _feed_state(digest: Any, state: Mapping[str, torch.Tensor]) -> None:
+    import torch
+
     for name in sorted(state):
         tensor = torch.as_tensor(state[name]).detach().to("cpu").contiguous()
         header = json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode("utf-8")

@@ -11,6 +11,7 @@ operating system's CSPRNG.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,7 @@ def train_private(
     dataset: Dataset,
     plan: PrivacyPlan,
     *,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     history: list[MechanismStep],
     epochs: int,
     learning_rate: float,
@@ -103,6 +105,9 @@ def train_private(
     device: torch.device,
 ) -> TrainOutcome:
     """Train ``model`` in place for ``epochs`` with DP-SGD, Poisson sampling.
+
+    ``loss(logits, targets)`` is the task's (fedmed.tasks), a mean over the batch as
+    Opacus' ``loss_reduction="mean"`` assumes; it must accept an empty Poisson batch.
 
     The accountant starts from ``history`` (the site's earlier spend), so the epsilon
     returned is cumulative. FedProx's proximal term mu/2 * ||w - w_global||^2 does not
@@ -127,20 +132,19 @@ def train_private(
         )
     optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
 
-    criterion = nn.BCEWithLogitsLoss()
     total_loss, batches = 0.0, 0
     with quiet_opacus():
         for _ in range(epochs):
-            for images, labels in loader:
+            for images, targets in loader:
                 optimizer.zero_grad(set_to_none=True)
-                images, labels = images.to(device), labels.to(device)
-                loss = criterion(private_model(images).squeeze(1), labels)
-                loss.backward()
+                images, targets = images.to(device), targets.to(device)
+                batch_loss = loss(private_model(images), targets)
+                batch_loss.backward()
                 optimizer.step()
                 if proximal_mu:
                     _apply_proximal_step(model, global_weights, learning_rate * proximal_mu)
-                if len(labels):
-                    total_loss += float(loss.detach())
+                if len(targets):
+                    total_loss += float(batch_loss.detach())
                     batches += 1
     new_history = history_of(accountant)
     private_model.to_standard_module()  # drop hooks and grad samples; ``model`` is trained

@@ -14,26 +14,36 @@ from pathlib import Path
 from typing import Any
 
 from fedmed.errors import FedmedError
+from fedmed.federation.recorder import RESULTS_FILE, write_text_atomic
 from fedmed.report.plots import plot_convergence, plot_epsilon, png_data_uri, site_colour
-from fedmed.report.results import RESULTS_FILE, write_text_atomic
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
 
-AUROC_COLORMAP = "YlGnBu"
+HEATMAP_COLORMAP = "YlGnBu"
 AUROC_RANGE = (0.5, 1.0)
-"""Chance to perfect: the heatmap's colour scale (values outside are clipped)."""
+"""Chance to perfect: the AUROC heatmap's colour scale (each task's metric carries its own)."""
 SUPPRESSED_COLOUR = "#e6e6e6"
+BINARY_TASK = {
+    "kind": "binary",
+    "names": [],
+    "metric": {"key": "auroc", "label": "AUROC", "scale": list(AUROC_RANGE), "higher_is_better": True},
+    "cell_metrics": [
+        {"key": key, "label": label} for key, label in
+        (("auroc", "AUROC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ece", "ECE"))
+    ],
+}
+"""What a results.json written before tasks existed (no ``task`` section) describes."""
 
 
-def auroc_colour(auroc: float) -> str:
-    """The heatmap background for an AUROC, as ``#rrggbb``: pale at chance, dark at perfect."""
+def metric_colour(value: float, scale: tuple[float, float] = AUROC_RANGE) -> str:
+    """The heatmap background for a metric's value, as ``#rrggbb``: pale at the low end of `scale`, dark at the high."""
     import matplotlib
     from matplotlib.colors import to_hex
 
-    low, high = AUROC_RANGE
-    position = min(max((auroc - low) / (high - low), 0.0), 1.0)
-    return to_hex(matplotlib.colormaps[AUROC_COLORMAP](position))
+    low, high = scale
+    position = min(max((value - low) / (high - low), 0.0), 1.0)
+    return to_hex(matplotlib.colormaps[HEATMAP_COLORMAP](position))
 
 
 def text_colour(background: str) -> str:
@@ -53,9 +63,11 @@ def render_report(results: dict[str, Any]) -> str:
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
                                      trim_blocks=True, lstrip_blocks=True)
     environment.filters.update(f3=_fixed(3), f2=_fixed(2), f0=_fixed(0), g=_general, integer=_integer)
-    environment.globals.update(cell_style=_cell_style)
+    view = _view(results)
+    scale = tuple(view["metric"]["scale"])
+    environment.globals.update(cell_style=lambda value: _cell_style(value, scale))
     source = resources.files("fedmed.report").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
-    return environment.from_string(source).render(**_view(results))
+    return environment.from_string(source).render(**view)
 
 
 def write_report(run_dir: Path) -> Path:
@@ -89,10 +101,17 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
     site_results = _dict(results.get("sites"))
     sites = [str(s) for s in (_dict(config.get("data")).get("sites") or site_results)]
     evaluation = results.get("evaluation")
-    convergence, epsilon = plot_convergence(results, sites), plot_epsilon(results, sites)
+    task = _task(results)
+    metric = task["metric"]
+    scale = tuple(metric["scale"])
+    convergence = plot_convergence(results, sites, metric=metric["key"], label=metric["label"])
+    epsilon = plot_epsilon(results, sites)
     rounds = [r for r in results.get("rounds") or [] if isinstance(r, dict)]
     return {
         "name": config.get("name") or "unnamed run",
+        "task": task,
+        "metric": metric,
+        "columns": [m for m in task["cell_metrics"] if isinstance(m, dict) and m.get("key")],
         "status": results.get("status") or "unknown",
         "status_reason": results.get("status_reason"),
         "version": results.get("fedmed_version"),
@@ -112,9 +131,18 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         "epsilon_png": png_data_uri(epsilon) if epsilon else None,
         "evaluation": _evaluation_view(evaluation, sites) if isinstance(evaluation, dict) else None,
         "failures": _failures(rounds, evaluation if isinstance(evaluation, dict) else {}),
-        "legend_stops": [auroc_colour(AUROC_RANGE[0] + i * (AUROC_RANGE[1] - AUROC_RANGE[0]) / 10) for i in range(11)],
+        "legend_stops": [metric_colour(scale[0] + i * (scale[1] - scale[0]) / 10, scale) for i in range(11)],
         "suppressed_colour": SUPPRESSED_COLOUR,
     }
+
+
+def _task(results: dict[str, Any]) -> dict[str, Any]:
+    """The run's task as results.json describes it (binary for a document from before tasks)."""
+    task = _dict(results.get("task")) or BINARY_TASK
+    metric = _dict(task.get("metric"))
+    if not metric.get("key") or not isinstance(metric.get("scale"), list) or len(metric["scale"]) != 2:
+        task = BINARY_TASK
+    return task
 
 
 def _evaluation_view(evaluation: dict[str, Any], sites: list[str]) -> dict[str, Any]:
@@ -174,9 +202,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _cell_style(auroc: Any) -> str:
-    """Inline background and text colour of a heatmap cell holding this AUROC."""
-    if not _is_number(auroc):
+def _cell_style(value: Any, scale: tuple[float, float]) -> str:
+    """Inline background and text colour of a heatmap cell holding this value of the task's metric."""
+    if not _is_number(value):
         return ""
-    background = auroc_colour(auroc)
+    background = metric_colour(value, scale)
     return f"background-color:{background};color:{text_colour(background)}"

@@ -29,8 +29,10 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def plot_convergence(results: dict[str, Any], sites: list[str]) -> bytes | None:
-    """Test AUROC per site and pooled, and test loss per site, per round; None without rounds.
+def plot_convergence(
+    results: dict[str, Any], sites: list[str], *, metric: str = "auroc", label: str = "AUROC",
+) -> bytes | None:
+    """The task's test metric per site and pooled, and test loss per site, per round; None without rounds.
 
     Test loss, not training loss: a site keeps its training loss (a statistic of its
     training data, not covered by DP) to itself.
@@ -40,18 +42,19 @@ def plot_convergence(results: dict[str, Any], sites: list[str]) -> bytes | None:
         return None
     plt, ticker = _pyplot()
     with plt.rc_context(_STYLE):
-        figure, (auroc_axes, loss_axes) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+        figure, (metric_axes, loss_axes) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
         numbers = [r.get("round") for r in rounds]
         for index, site in enumerate(sites):
             colour = site_colour(index)
-            _line(auroc_axes, numbers, _series(rounds, site, "test_auroc"), colour, site)
+            _line(metric_axes, numbers, _series(rounds, site, f"test_{metric}"), colour, site)
             _line(loss_axes, numbers, _series(rounds, site, "test_eval_loss"), colour, site)
-        _line(auroc_axes, numbers, [r.get("global_auroc") for r in rounds], POOLED_COLOUR, "pooled", dashed=True)
-        auroc_axes.set_title("Test AUROC")
+        pooled = [r.get(f"global_{metric}") for r in rounds]
+        _line(metric_axes, numbers, pooled, POOLED_COLOUR, "pooled", dashed=True)
+        metric_axes.set_title(f"Test {label}")
         loss_axes.set_title("Test loss")
-        for axes in (auroc_axes, loss_axes):
+        for axes in (metric_axes, loss_axes):
             _finish_axes(axes, ticker)
-        _legend(figure, auroc_axes)  # the same colours in both panels: one legend
+        _legend(figure, metric_axes)  # the same colours in both panels: one legend
         return _png(figure, plt)
 
 

@@ -140,7 +140,7 @@ INVALID = [
     ),
     pytest.param(
         MINIMAL.replace("name: test", "name: test\nprivcy: {}"),
-        [r"privcy: unknown key \(did you mean 'privacy'\?\); allowed here: name, data, model"],
+        [r"privcy: unknown key \(did you mean 'privacy'\?\); allowed here: name, task, data, model"],
         id="unknown-top-level-key",
     ),
     pytest.param(
@@ -182,7 +182,8 @@ INVALID = [
         MINIMAL + "model:\n  name: densenet12\n",
         [
             r"model\.name: unknown model 'densenet12' \(did you mean 'densenet121'\?\)",
-            r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d",
+            r"available models: densenet121, densenet121_3d, segresnet, segresnet_3d, "
+            r"small_cnn, small_cnn_3d, unet, unet_3d",
         ],
         id="unknown-model-did-you-mean",
     ),
@@ -190,7 +191,8 @@ INVALID = [
         MINIMAL + "model:\n  name: resnet50\n",
         [
             r"model\.name: unknown model 'resnet50'",
-            r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d",
+            r"available models: densenet121, densenet121_3d, segresnet, segresnet_3d, "
+            r"small_cnn, small_cnn_3d, unet, unet_3d",
         ],
         id="unknown-model",
     ),

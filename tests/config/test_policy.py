@@ -178,12 +178,14 @@ def test_invalid_policy_names_file_and_key(tmp_path: Path, text: str, patterns: 
         (
             "[small_cnn, densenet12]",
             r": invalid configuration\n  allowed_models: unknown model 'densenet12' \(did you mean 'densenet121'\?\); "
-            r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d$",
+            r"available models: densenet121, densenet121_3d, segresnet, segresnet_3d, "
+            r"small_cnn, small_cnn_3d, unet, unet_3d$",
         ),
         (
-            "[resnet50]",
-            r": invalid configuration\n  allowed_models: unknown model 'resnet50'; "
-            r"available models: densenet121, densenet121_3d, small_cnn, small_cnn_3d$",
+            "[vgg16]",
+            r": invalid configuration\n  allowed_models: unknown model 'vgg16'; "
+            r"available models: densenet121, densenet121_3d, segresnet, segresnet_3d, "
+            r"small_cnn, small_cnn_3d, unet, unet_3d$",
         ),
     ],
     ids=["did-you-mean", "no-close-match"],

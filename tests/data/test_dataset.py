@@ -48,15 +48,15 @@ def test_loads_a_synthesized_site(site: Path) -> None:
     for part in (data.train, data.test):
         assert isinstance(part, ImageSet)
         assert part.images.shape == (len(part), 1, SIZE, SIZE)
-        assert part.images.dtype == torch.float32 and part.labels.dtype == torch.float32
+        assert part.images.dtype == torch.float32 and part.targets.dtype == torch.float32
         assert part.images.min() >= 0.0 and part.images.max() <= 1.0
-        assert set(part.labels.tolist()) == {0.0, 1.0}
+        assert set(part.targets.tolist()) == {0.0, 1.0}
         assert len(part.metadata) == len(part.files) == len(part)
         assert {m.sex for m in part.metadata} <= {"M", "F"}
         assert all(m.manufacturer == "Acme Imaging" for m in part.metadata)
     rows = {r["file"]: r for r in manifest_rows(site)}
     assert all(rows[f]["split"] == "test" for f in data.test.files)
-    assert [float(rows[f]["label"]) for f in data.train.files] == data.train.labels.tolist()
+    assert [float(rows[f]["label"]) for f in data.train.files] == data.train.targets.tolist()
     x, y = data.train.as_torch_dataset()[0]
     assert x.shape == (1, SIZE, SIZE) and y.item() in (0.0, 1.0)
 
@@ -110,7 +110,10 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 def test_missing_manifest_says_how_to_make_one(site: Path) -> None:
     (site / "labels.csv").unlink()
-    with pytest.raises(DataError, match=r"No labels manifest at .*labels.csv.*file,label,split"):
+    with pytest.raises(
+        DataError,
+        match=r"No labels manifest at .*labels.csv.*header 'file,split' and the task's columns \(binary: 'label'",
+    ):
         load_site_data(site, spec=InputConfig(image_size=SIZE))
 
 

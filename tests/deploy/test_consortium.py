@@ -30,8 +30,8 @@ from fedmed.deploy.run import run_on_consortium
 from fedmed.deploy.superlink import SuperLink
 from fedmed.deploy.supernode import SiteFolder, SuperNode
 from fedmed.federation import runtime
+from fedmed.federation.recorder import PROGRESS_FILE
 from fedmed.federation.runtime import FlowerRuntimeError, RunStatus, _descendants, free_port
-from fedmed.report import PROGRESS_FILE
 from fedmed.secure.approval import code_digest
 
 SITES = ["site-a", "site-b", "site-c", "site-d", "site-e"]

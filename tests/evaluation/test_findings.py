@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fedmed.data.dicom import DicomMetadata
-from fedmed.evaluation import describe_group, evaluate_subgroups, find_findings
+from fedmed.evaluation import describe_group, find_findings
+from tests.evaluation.binary_cells import evaluate_subgroups
 
 SUPPRESSED = {"suppressed": True}
 
@@ -44,7 +45,8 @@ def test_planted_gap_between_sexes_is_found() -> None:
     findings = find_findings({"site-b": result}, min_gap=0.05, confidence=0.95)
     assert len(findings) == 1
     finding = findings[0]
-    assert set(finding) == {"site", "attribute", "worse", "better", "gap", "text"}
+    assert set(finding) == {"site", "attribute", "metric", "worse", "better", "gap", "text"}
+    assert finding["metric"] == "auroc"
     assert (finding["site"], finding["attribute"], finding["worse"], finding["better"]) == ("site-b", "sex", "M", "F")
     groups = result["attributes"]["sex"]["groups"]
     assert finding["gap"] == round(groups["F"]["auroc"] - groups["M"]["auroc"], 2)
@@ -64,7 +66,7 @@ def test_text_from_hand_cells() -> None:
     subgroups = {"site-b": site(sex={"F": cell(0.712, 0.640, 0.781, 70), "M": cell(0.834, 0.792, 0.889, 68)})}
     [finding] = find_findings(subgroups, min_gap=0.05, confidence=0.95)
     assert finding == {
-        "site": "site-b", "attribute": "sex", "worse": "F", "better": "M", "gap": 0.12,
+        "site": "site-b", "attribute": "sex", "metric": "auroc", "worse": "F", "better": "M", "gap": 0.12,
         "text": "AUROC for female patients at site-b is 0.12 lower than for male patients "
         "(0.712, 95% CI 0.640-0.781, n=70, vs 0.834, 95% CI 0.792-0.889, n=68).",
     }
@@ -109,7 +111,7 @@ def test_site_level_comparison() -> None:
     }
     [finding] = find_findings(subgroups, min_gap=0.05, confidence=0.95)
     assert finding == {
-        "site": None, "attribute": "site", "worse": "site-b", "better": "site-c", "gap": 0.15,
+        "site": None, "attribute": "site", "metric": "auroc", "worse": "site-b", "better": "site-c", "gap": 0.15,
         "text": "AUROC at site-b is 0.15 lower than at site-c "
         "(0.700, 95% CI 0.650-0.740, n=150, vs 0.850, 95% CI 0.810-0.890, n=180).",
     }

@@ -9,7 +9,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from fedmed.data.dicom import DicomMetadata, read_dicom_metadata
-from fedmed.evaluation import ATTRIBUTES, evaluate_cell, evaluate_subgroups, roc_auc
+from fedmed.evaluation import ATTRIBUTES, roc_auc
+from tests.evaluation.binary_cells import evaluate_cell, evaluate_subgroups
 
 SETTINGS = dict(threshold=0.5, min_cell_size=10, confidence=0.95, n_resamples=200)
 CELL_KEYS = {"n", "prevalence", "auroc", "auroc_ci", "sensitivity", "specificity", "ece"}

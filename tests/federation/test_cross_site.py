@@ -23,10 +23,10 @@ from fedmed.federation.cross_site import cross_site_evaluation
 from fedmed.federation.identity import SiteRegistry, identity_record
 from fedmed.federation.loopback import LoopbackGrid
 from fedmed.federation.messages import CROSS_SITE_ACTION, Key
+from fedmed.federation.recorder import RunRecorder
 from fedmed.federation.server import run_federation
 from fedmed.federation.simulation import prepare_site_keys
 from fedmed.privacy.audit import audit_path
-from fedmed.report import RunRecorder
 
 SITES = ["site-a", "site-b", "site-c"]
 

@@ -75,7 +75,7 @@ def singletons(site: Site, weights: dict[str, torch.Tensor]) -> tuple[int, np.nd
     model = create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE))
     model.load_state_dict(weights, strict=False)
     scores = predict_scores(model, site.data.test.images, device=torch.device("cpu"))
-    positives, negatives = score_histograms(site.data.test.labels.numpy(), scores)
+    positives, negatives = score_histograms(site.data.test.targets.numpy(), scores)
     return int(((positives + negatives) == 1).sum()), positives, negatives
 
 
@@ -93,11 +93,11 @@ def test_a_crafted_model_reads_no_bin_smaller_than_the_cell_size(site: Site) -> 
     weights = max((crafted_model(scale) for scale in (0.5, 1.0, 2.0, 4.0, 8.0)), key=lambda w: singletons(site, w)[0])
     count, exact_positives, _ = singletons(site, weights)
     assert count >= 5  # what the attack used to read: a patient's label, alone in its bin
-    labels = site.data.test.labels.numpy()
+    labels = site.data.test.targets.numpy()
 
     reply = site.ask("evaluate", RecordDict({Key.ARRAYS: ArrayRecord(weights)}))
     assert not reply.has_error(), reply.error.reason
-    flat = list(reply.content[Key.METRICS][Key.SCORE_GROUPS])
+    flat = [int(v) for v in reply.content[Key.METRICS][Key.RELEASE]]
     groups = [flat[k : k + 4] for k in range(0, len(flat), 4)]
     assert sum(g[2] + g[3] for g in groups) == len(labels) and sum(g[2] for g in groups) == exact_positives.sum()
     assert min(g[2] + g[3] for g in groups) >= CELL  # one patient per image here: images are patients

@@ -19,13 +19,14 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
-from fedmed.config import InputConfig, load_config
+from fedmed.config import InputConfig, TaskConfig, load_config
 from fedmed.data import load_site_data, synthesize_hospitals
 from fedmed.federation.messages import Key, encode_plan
 from fedmed.federation.simulation import prepare_site_keys
 from fedmed.models import create_model, float_state
 from fedmed.privacy import plan_privacy, train_private
 from fedmed.privacy.randomness import SeededRandomness
+from fedmed.tasks import create_task
 
 LEARNING_RATE, IMAGE_SIZE, NOISE = 0.5, 16, 1.0
 
@@ -85,7 +86,8 @@ def one_step_round(folder: Path, hospital: Path, *, unsafe: bool) -> tuple[dict,
     assert privacy.sample_rate == 1.0 and privacy.steps_per_round == 1
     model = create_model("small_cnn", spec=InputConfig(image_size=IMAGE_SIZE))
     model.load_state_dict(sent, strict=False)
-    train_private(model, data.train.as_torch_dataset(), privacy, history=[], epochs=1, learning_rate=LEARNING_RATE,
+    train_private(model, data.train.as_torch_dataset(), privacy, loss=create_task(TaskConfig()).loss, history=[],
+                  epochs=1, learning_rate=LEARNING_RATE,
                   randomness=NoNoise(), device=torch.device("cpu"))
     return sent, released, float_state(model), (len(data.train), privacy, config.training.seed)
 

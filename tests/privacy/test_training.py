@@ -7,12 +7,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from fedmed.config import InputConfig, PrivacyConfig
+from fedmed.config import InputConfig, PrivacyConfig, TaskConfig
 from fedmed.models import create_model, float_state
 from fedmed.privacy.accountant import MechanismStep, epsilon_of
 from fedmed.privacy.plan import PrivacyPlan, plan_privacy
 from fedmed.privacy.randomness import SecureRandomness, SeededRandomness
 from fedmed.privacy.training import TrainOutcome, train_private
+from fedmed.tasks import create_task
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
@@ -57,7 +58,10 @@ def train(
 ) -> TrainOutcome:
     """DP-SGD with a seeded generator (reproducible), or the site's CSPRNG with ``seed=None``."""
     randomness = SecureRandomness() if seed is None else SeededRandomness(seed)
-    options: dict = {"epochs": EPOCHS, "learning_rate": 0.1, "device": CPU, "randomness": randomness}
+    options: dict = {
+        "epochs": EPOCHS, "learning_rate": 0.1, "device": CPU, "randomness": randomness,
+        "loss": create_task(TaskConfig()).loss,
+    }
     options.update(kwargs)
     return train_private(model, dataset, plan, history=history, **options)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedmed.report import auroc_colour, render_report
+from fedmed.report import metric_colour, render_report
 from fedmed.report.plots import POOLED_COLOUR, SITE_COLOURS
 from tests.report.conftest import FINDING
 
@@ -68,7 +68,7 @@ def test_screenshot_shows_heatmap_colours_and_figures(chromium: str, page_url: s
     not_white = (pixels < 245).any(axis=2).mean()
     assert not_white > 0.05, f"only {not_white:.1%} of the page is drawn"
     for auroc in (0.874, 0.652):  # federated and federated-without-site-a at site-a: one cell each
-        assert counts.get(packed(auroc_colour(auroc)), 0) > 2000, f"heatmap cell {auroc} not drawn"
+        assert counts.get(packed(metric_colour(auroc)), 0) > 2000, f"heatmap cell {auroc} not drawn"
     # Without the figures each site colour covers ~115 pixels (the summary's dots) and pooled's none.
     for line, least in [*((colour, 1000) for colour in SITE_COLOURS[:3]), (POOLED_COLOUR, 300)]:
         assert counts.get(packed(line), 0) > least, f"figure line {line} not drawn"

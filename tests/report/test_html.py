@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fedmed.errors import FedmedError
-from fedmed.report import REPORT_FILE, auroc_colour, render_report, write_report
+from fedmed.report import REPORT_FILE, metric_colour, render_report, write_report
 from tests.report.conftest import FINDING, make_results, numbers_missing_from, visible_text
 
 
@@ -54,16 +54,16 @@ def test_figures_are_inline_pngs(page: str) -> None:
 
 @pytest.mark.parametrize("auroc", [0.874, 0.652, 0.921])
 def test_heatmap_cells_carry_their_colour(auroc: float, page: str) -> None:
-    assert f"background-color:{auroc_colour(auroc)}" in page
+    assert f"background-color:{metric_colour(auroc)}" in page
 
 
-def test_auroc_colour_runs_from_pale_at_chance_to_dark_at_perfect() -> None:
+def test_metric_colour_runs_from_pale_at_chance_to_dark_at_perfect() -> None:
     def brightness(colour: str) -> int:
         return sum(int(colour[i:i + 2], 16) for i in (1, 3, 5))
 
-    assert re.fullmatch(r"#[0-9a-f]{6}", auroc_colour(0.8))
-    assert auroc_colour(0.2) == auroc_colour(0.5) and auroc_colour(1.0) == auroc_colour(1.3)
-    assert brightness(auroc_colour(0.5)) > brightness(auroc_colour(0.75)) > brightness(auroc_colour(1.0))
+    assert re.fullmatch(r"#[0-9a-f]{6}", metric_colour(0.8))
+    assert metric_colour(0.2) == metric_colour(0.5) and metric_colour(1.0) == metric_colour(1.3)
+    assert brightness(metric_colour(0.5)) > brightness(metric_colour(0.75)) > brightness(metric_colour(1.0))
 
 
 def test_every_number_shown_is_in_results(page: str, results: dict[str, Any]) -> None:

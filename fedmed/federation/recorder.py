@@ -1,8 +1,10 @@
-"""Everything a run produced, per round and per site, as results.json.
+"""Everything a run produced, per round and per site, as results.json: the server's record of the run.
 
 Per-site numbers are kept per site: a federation that averages them away cannot show
-that it fails one hospital. The recorder also appends one line per event to
-progress.jsonl, which `fedmed simulate` follows to draw its progress display.
+that it fails one hospital. Metric names and the pooled metric come from the run's task
+(fedmed.tasks), never from code that assumes AUROC. The recorder also appends one line
+per event to progress.jsonl, which `fedmed simulate` follows to draw its progress
+display; fedmed.report renders the finished results.json for people.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fedmed import __version__
 from fedmed.config import ExperimentConfig
 from fedmed.config.schema import check_site_id
-from fedmed.evaluation import pooled_auroc
 from fedmed.evaluation.findings import find_findings
 from fedmed.federation.messages import (
     GLOBAL_MODEL,
@@ -34,6 +35,7 @@ from fedmed.federation.messages import (
 )
 from fedmed.privacy.audit import privacy_statement
 from fedmed.secure.keys import public_key_pem
+from fedmed.tasks import create_task
 
 RESULTS_FILE = "results.json"
 PROGRESS_FILE = "progress.jsonl"
@@ -48,7 +50,8 @@ class RoundRecord:
     evaluate: dict[str, dict[str, float | None]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     secure_aggregation: dict[str, Any] | None = None
-    global_auroc: float | None = None
+    pooled: float | None = None
+    """The task's metric over every site's test set pooled, after this round."""
 
 
 class RunRecorder:
@@ -57,9 +60,11 @@ class RunRecorder:
     def __init__(self, out_dir: Path, config: ExperimentConfig) -> None:
         self.out_dir = out_dir
         self.config = config
+        self.task = create_task(config.task)
+        self.metric = self.task.metric.key
         self.rounds: dict[int, RoundRecord] = {}
         self.started = time.time()
-        self._score_groups: dict[str, tuple[list[tuple[int, int, int, int]], float | None]] = {}
+        self._releases: dict[str, tuple[list[float], dict[str, float | None]]] = {}
         self._ledgers: dict[str, dict[int, str]] = {}
         self.run_id: str | None = None
         self.manifest: Path | None = None
@@ -72,7 +77,10 @@ class RunRecorder:
         self._evaluation_failures: list[dict[str, Any]] = []
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / PROGRESS_FILE).write_text("", encoding="utf-8")
-        self.emit("start", rounds=config.training.rounds, sites=config.data.sites)
+        self.emit(
+            "start", rounds=config.training.rounds, sites=config.data.sites, metric=self.metric,
+            metric_label=self.task.metric.label,
+        )
 
     def emit(self, event: str, **fields: Any) -> None:
         """Append one progress event (a JSON line) for whoever follows the run."""
@@ -109,11 +117,21 @@ class RunRecorder:
         (folder / f"{site}.pub").write_text(public_key_pem(public_key), encoding="utf-8")
 
     def record_evaluate(
-        self, server_round: int, site: str, metrics: dict[str, float | None], groups: list[tuple[int, int, int, int]],
+        self, server_round: int, site: str, metrics: dict[str, float | None], release: list[float], *, node_id: int,
     ) -> None:
-        """A site's round evaluation, with the score groups it released for the pooled AUROC."""
+        """A site's round evaluation, with what it released for the pooled metric.
+
+        A release the task cannot read (a site running other code) is recorded as a failure
+        and left out of the pooled metric; the site's own numbers are kept.
+        """
         self._round(server_round).evaluate[site] = metrics
-        self._score_groups[site] = (list(groups), metrics.get("auroc"))
+        try:
+            self.task.pooled([(release, metrics)])
+        except ValueError as error:
+            self.record_failure(server_round, "evaluate", node_id, f"site {site}'s release is unreadable: {error}")
+            self._releases.pop(site, None)
+            return
+        self._releases[site] = (list(release), dict(metrics))
 
     def record_failure(self, server_round: int | None, stage: str, node_id: int, reason: str) -> None:
         """A site's refusal or absence; ``server_round`` None for the end-of-run evaluation."""
@@ -148,11 +166,11 @@ class RunRecorder:
         self._subgroups[site] = subgroups
         self.emit("cross-site", site=site, cells=cells)
 
-    def pooled_auroc(self) -> float | None:
-        """AUROC over all sites' test sets pooled, from each site's latest score groups and AUROC."""
-        if not self._score_groups:
+    def pooled_metric(self) -> float | None:
+        """The task's metric over all sites' test sets pooled, from each site's latest release."""
+        if not self._releases:
             return None
-        return pooled_auroc(list(self._score_groups.values()))
+        return self.task.pooled(list(self._releases.values()))
 
     def finish_train(self, server_round: int) -> None:
         record = self._round(server_round)
@@ -160,11 +178,11 @@ class RunRecorder:
 
     def finish_evaluate(self, server_round: int) -> None:
         record = self._round(server_round)
-        record.global_auroc = self.pooled_auroc()
-        self.emit("evaluate", round=server_round, sites=record.evaluate, global_auroc=record.global_auroc)
+        record.pooled = self.pooled_metric()
+        self.emit("evaluate", round=server_round, sites=record.evaluate, pooled=record.pooled)
 
     def results(self, *, status: str, reason: str | None) -> dict[str, Any]:
-        """The results document: config, rounds, per-site finals and the pooled AUROC."""
+        """The results document: task, config, rounds, per-site finals and the pooled metric."""
         rounds = [
             {
                 "round": r.round,
@@ -174,7 +192,7 @@ class RunRecorder:
                 },
                 "failures": r.failures,
                 "secure_aggregation": r.secure_aggregation,
-                "global_auroc": r.global_auroc,
+                f"global_{self.metric}": r.pooled,
             }
             for r in sorted(self.rounds.values(), key=lambda r: r.round)
         ]
@@ -191,11 +209,12 @@ class RunRecorder:
             "run_id": self.run_id,
             "manifest": self._manifest_record(),
             "unsafe_reproducible": self.config.training.unsafe_reproducible,
+            "task": self.task.describe(),
             "config": self._config_record(),
             "rounds": rounds,
             "sites": sites,
             "global": {
-                "auroc": self.pooled_auroc(),
+                self.metric: self.pooled_metric(),
                 "n_test": sum(s["n_test"] for s in tested),
                 "sites_evaluated": len(tested),
             },
@@ -208,8 +227,8 @@ class RunRecorder:
         sites = self.config.data.sites
         matrix = {model: {site: self._cross_site.get(site, {}).get(model) for site in sites} for model in self._models}
 
-        def auroc(model: str, site: str) -> float | None:
-            return (matrix.get(model, {}).get(site) or {}).get("auroc")
+        def metric(model: str, site: str) -> float | None:
+            return (matrix.get(model, {}).get(site) or {}).get(self.metric)
 
         subgroups = {site: self._subgroups[site] for site in sites if site in self._subgroups}
         return {
@@ -224,14 +243,17 @@ class RunRecorder:
             "subgroups": subgroups,
             "comparison": {
                 site: {
-                    "federated": auroc(GLOBAL_MODEL, site),
-                    "local": auroc(local_model_id(site), site),
-                    "pooled": auroc(POOLED_MODEL, site),
-                    "unseen": auroc(without_model_id(site), site),
+                    "federated": metric(GLOBAL_MODEL, site),
+                    "local": metric(local_model_id(site), site),
+                    "pooled": metric(POOLED_MODEL, site),
+                    "unseen": metric(without_model_id(site), site),
                 }
                 for site in sites
             },
-            "findings": find_findings(subgroups, min_gap=settings.finding_gap, confidence=settings.confidence),
+            "findings": find_findings(
+                subgroups, metrics=[(m.key, m.label) for m in self.task.finding_metrics()],
+                min_gap=settings.finding_gap, confidence=settings.confidence,
+            ),
         }
 
     def _site_summary(self, site: str) -> dict[str, Any]:
@@ -244,8 +266,8 @@ class RunRecorder:
             "rounds_trained": len(trained),
             "n_train": last_train.get("num_examples"),
             "n_test": last_eval.get("num_examples"),
-            "auroc": last_eval.get("auroc"),
-            "accuracy": last_eval.get("accuracy"),
+            self.metric: last_eval.get(self.metric),
+            "test": {k: v for k, v in last_eval.items() if k not in _BOOKKEEPING},
             "epsilon": last_train.get("epsilon"),
             "delta": last_train.get("delta"),
             "noise_multiplier": last_train.get("noise_multiplier"),
@@ -261,7 +283,7 @@ class RunRecorder:
         """Write results.json atomically and announce the end of the run."""
         path = self.out_dir / RESULTS_FILE
         write_json_atomic(path, self.results(status=status, reason=reason))
-        self.emit("end", status=status, reason=reason, global_auroc=self.pooled_auroc())
+        self.emit("end", status=status, reason=reason, pooled=self.pooled_metric())
         return path
 
 
@@ -303,6 +325,10 @@ class RunRecorder:
             "dataset_fingerprint": last["dataset_fingerprint"],
             "ledger": f"{LEDGERS_DIR}/{site}.jsonl",
         }
+
+
+_BOOKKEEPING = {"num_examples", "skipped_files", "seconds"}
+"""Evaluation entries that are not metrics of the model."""
 
 
 def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
