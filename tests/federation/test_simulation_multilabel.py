@@ -47,7 +47,6 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "model": {"name": "small_cnn"},
         "training": {"rounds": 2, "local_epochs": 2, "batch_size": 16, "learning_rate": 0.5, "momentum": 0.5},
         "privacy": {"target_epsilon": 20.0, "delta": 1e-3, "max_grad_norm": 1.0},
-        "secure_aggregation": {"enabled": False},
         "evaluation": {"bootstrap_samples": 200},
         "simulation": {"site_policy": str(policy), "state_root": str(folder / "hospital-state")},
     }))
