@@ -47,7 +47,7 @@ def test_shipped_policy_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert policy.accountant is AccountantName.PRV
     assert policy.max_grad_norm == 1.0
     assert policy.min_noise_multiplier == 0.5
-    assert policy.allowed_models == ["small_cnn", "densenet121", "small_cnn_3d"]
+    assert policy.allowed_models == ["small_cnn", "densenet121", "small_cnn_3d", "unet", "unet_3d"]
     assert policy.max_local_epochs == 5
 
 
