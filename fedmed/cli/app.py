@@ -38,16 +38,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def load_command(name: str) -> click.Command:
     """The click command for ``fedmed NAME``, its module imported now.
 
-    A missing third-party dependency (torch on an auditor's machine) gives a command that
-    says so when run, and that ``--help`` lists as unavailable, rather than a traceback.
+    A third-party dependency that cannot be imported (torch on an auditor's machine) gives
+    a command that says so when run, and that ``--help`` lists as unavailable, rather than
+    a traceback.
     """
     module, attribute = COMMANDS[name]
     try:
         target = getattr(importlib.import_module(module), attribute)
-    except ModuleNotFoundError as error:
-        if not error.name or error.name.partition(".")[0] == "fedmed":
-            raise  # fedmed's own module is missing: a broken install, not a missing dependency
-        return _unavailable(name, error.name.partition(".")[0])
+    except ImportError as error:
+        package = (error.name or "").partition(".")[0]
+        if package == "fedmed":
+            raise  # fedmed's own code is missing or broken, not a dependency
+        if isinstance(error, ModuleNotFoundError) and package:
+            return _unavailable(name, f"needs {package}, which is not installed here")
+        return _unavailable(name, f"cannot import a dependency here ({error})")
     if isinstance(target, typer.Typer):
         command: click.Command = typer.main.get_group(target)
     else:
@@ -58,15 +62,15 @@ def load_command(name: str) -> click.Command:
     return command
 
 
-def _unavailable(name: str, package: str) -> click.Command:
+def _unavailable(name: str, reason: str) -> click.Command:
     def refuse() -> NoReturn:
         raise FedmedError(
-            f"`fedmed {name}` needs {package}, which is not installed here; install fedmed with its "
-            "dependencies (`pip install -e .`) to use it (`fedmed audit` needs only dp-accounting)"
+            f"`fedmed {name}` {reason}; install fedmed with its dependencies (`pip install -e .`) "
+            "to use it (`fedmed audit` needs only dp-accounting)"
         )
 
     return click.Command(
-        name, callback=refuse, help=f"(not available here: needs {package})",
+        name, callback=refuse, help=f"(not available here: {reason})",
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
         add_help_option=False,
     )
