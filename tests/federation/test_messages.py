@@ -58,7 +58,7 @@ def test_plan_round_trips(quickstart: ExperimentConfig) -> None:
 
 def test_plan_leaves_site_details_at_the_server(quickstart: ExperimentConfig) -> None:
     payload = plan_json(quickstart)
-    assert set(payload) == {"model", "input", "training", "privacy", "secure_aggregation", "evaluation"}
+    assert set(payload) == {"task", "model", "input", "training", "privacy", "secure_aggregation", "evaluation"}
     assert set(payload["input"]) == {"sample", "image_size", "channels", "volume"}
     assert "quickstart" not in json.dumps(payload)  # no data paths or run name
 
