@@ -154,7 +154,7 @@ def append(path: Path, text: str = "\n# edited\n") -> None:
 CHANGES = {
     "fedmed-file-edited": lambda package, app: append(package / "privacy" / "terms.py"),
     "fedmed-file-added": lambda package, app: (package / "privacy" / "backdoor.py").write_text("x = 1\n"),
-    "fedmed-file-removed": lambda package, app: (package / "report" / "results.py").unlink(),
+    "fedmed-file-removed": lambda package, app: (package / "report" / "plots.py").unlink(),
     "fedmed-file-renamed": lambda package, app: (package / "errors.py").rename(package / "errors2.py"),
     "client-edited": lambda package, app: append(app / "client" / "app.py"),
     "server-edited": lambda package, app: append(app / "server" / "app.py"),
