@@ -27,6 +27,7 @@ import csv
 import datetime as dt
 import io
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,7 +235,7 @@ def _write_site(
         units = _draw_images(
             rng, chunk.stop - start, size, labels[chunk], contrast[chunk], profile.noise
         )
-        for offset, pixels in enumerate(_to_stored(units, profile)):
+        for offset, pixels in enumerate(to_stored(units, profile)):
             i = start + offset
             ds = _build_dataset(
                 profile, name=name, index=i, seed=seed, size=size, sex=str(sexes[i]),
@@ -323,7 +324,8 @@ def low_frequency(rng: np.random.Generator, n: int, size: int, *, grid: int) -> 
     return np.einsum("ij,njk,lk->nil", interp, coarse, interp)
 
 
-def _to_stored(units: np.ndarray, profile: SiteProfile) -> np.ndarray:
+def to_stored(units: np.ndarray, profile: SiteProfile) -> np.ndarray:
+    """Unit intensity to the site's stored values: rescale undone, clipped to its bits, MONOCHROME1 inverted."""
     values = profile.value_offset + profile.value_scale * units
     stored = (values - profile.rescale_intercept) / profile.rescale_slope
     top = 2**profile.bits_stored - 1
@@ -391,11 +393,36 @@ def _build_dataset(
         return generate_uid(entropy_srcs=["fedmed-synth", str(seed), name, str(index), kind])
 
     site = name.upper()
+    return image_dataset(
+        profile, uid, index=index, size=size, sex=sex, age=age, pixels=pixels,
+        patient_name=f"{site}^{index:04d}", patient_id=f"{site}-{index:04d}", accession=f"{site}-ACC-{index:05d}",
+    )
+
+
+def image_dataset(
+    profile: SiteProfile,
+    uid: Callable[[str], str],
+    *,
+    index: int,
+    size: int,
+    sex: str,
+    age: int,
+    pixels: np.ndarray,
+    patient_name: str,
+    patient_id: str,
+    accession: str,
+    first_day: dt.date = _STUDY_DAY0,
+) -> Dataset:
+    """A site's DX or CT image of stored `pixels`, in its scanner's tags; `uid(kind)` gives each UID.
+
+    Every 2-D synthesizer (binary, multi-label, segmentation) writes its images through this,
+    each with UIDs and pseudonyms of its own.
+    """
     ds = study_dataset(
         profile.sop_class_uid, uid("instance"), index=index, sex=sex, age=age,
-        day=_STUDY_DAY0 + dt.timedelta(days=index % 365), modality=profile.modality,
+        day=first_day + dt.timedelta(days=index % 365), modality=profile.modality,
         manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
-        patient_name=f"{site}^{index:04d}", patient_id=f"{site}-{index:04d}", accession=f"{site}-ACC-{index:05d}",
+        patient_name=patient_name, patient_id=patient_id, accession=accession,
     )
     ds.ImageType = ["ORIGINAL", "PRIMARY"] + (["AXIAL"] if profile.modality == "CT" else [])
     ds.StudyInstanceUID = uid("study")

@@ -24,11 +24,13 @@ import csv
 import datetime as dt
 import io
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from fedmed.data.synth import (
@@ -218,20 +220,48 @@ def _write_study(
     def uid(kind: str) -> str:
         return generate_uid(entropy_srcs=["fedmed-synth-ct", str(seed), name, str(index), kind])
 
+    site = name.upper()
+    datasets = ct_slice_datasets(
+        profile, hu, uid, index=index, sex=sex, age=age, patient_name=f"{site}^CT{index:04d}",
+        patient_id=f"{site}-CT-{index:04d}", accession=f"{site}-CT-{index:05d}",
+    )
+    for ds in datasets:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        (folder / f"{ds.SOPInstanceUID}.dcm").write_bytes(buffer.getvalue())
+    return datasets[0].SeriesInstanceUID
+
+
+def ct_slice_datasets(
+    profile: CtSiteProfile,
+    hu: np.ndarray,
+    uid: Callable[[str], str],
+    *,
+    index: int,
+    sex: str,
+    age: int,
+    patient_name: str,
+    patient_id: str,
+    accession: str,
+    first_day: dt.date = _STUDY_DAY0,
+) -> list[Dataset]:
+    """One CT Image Storage dataset per slice of the HU volume, in the site's geometry; `uid(kind)` gives each UID.
+
+    Both CT synthesizers (binary, segmentation) write their series through this.
+    """
     slices, size, _ = hu.shape
     stored = np.clip(np.round((hu - profile.rescale_intercept) / profile.rescale_slope), 0, 4095).astype(np.uint16)
     pixel = round(profile.field_of_view_mm / size, 4)
     corner = -profile.field_of_view_mm / 2
-    site = name.upper()
-    day = _STUDY_DAY0 + dt.timedelta(days=index % 365)
+    day = first_day + dt.timedelta(days=index % 365)
     study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")
+    datasets = []
     for k in range(slices):
         position_z = -k * profile.slice_spacing_mm  # slice k lies k spacings below the top
         ds = study_dataset(
             CT_IMAGE_STORAGE, uid(f"instance-{k}"), index=index, sex=sex, age=age, day=day, modality="CT",
             manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
-            patient_name=f"{site}^CT{index:04d}", patient_id=f"{site}-CT-{index:04d}",
-            accession=f"{site}-CT-{index:05d}",
+            patient_name=patient_name, patient_id=patient_id, accession=accession,
         )
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
@@ -256,7 +286,5 @@ def _write_study(
             ds.WindowCenter = centres if len(centres) > 1 else centres[0]
             ds.WindowWidth = widths if len(widths) > 1 else widths[0]
         ds.set_pixel_data(stored[k], "MONOCHROME2", 12, generate_instance_uid=False)
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        (folder / f"{ds.SOPInstanceUID}.dcm").write_bytes(buffer.getvalue())
-    return series_uid
+        datasets.append(ds)
+    return datasets

@@ -49,10 +49,11 @@ from fedmed.data.synth import (
     SiteProfile,
     check_site_dir,
     draw_labels,
+    image_dataset,
     low_frequency,
     site_names,
     soft_step,
-    study_dataset,
+    to_stored,
 )
 from fedmed.errors import FedmedError, did_you_mean
 
@@ -195,7 +196,7 @@ def _write_site(
     for start in range(0, n_images, _CHUNK):
         chunk = slice(start, min(start + _CHUNK, n_images))
         units = _draw_radiographs(rng, size, present[chunk], contrast[chunk], profile.noise)
-        for offset, pixels in enumerate(_to_stored(units, profile)):
+        for offset, pixels in enumerate(to_stored(units, profile)):
             i = start + offset
             ds = _build_dataset(
                 profile, name=name, index=i, seed=seed, size=size, sex=str(sexes[i]), age=int(ages[i]), pixels=pixels
@@ -300,63 +301,17 @@ def _draw_radiographs(
     return images.astype(f32)
 
 
-def _to_stored(units: np.ndarray, profile: SiteProfile) -> np.ndarray:
-    """Unit intensity to stored values, as fedmed.data.synth does (copied: private there)."""
-    values = profile.value_offset + profile.value_scale * units
-    stored = (values - profile.rescale_intercept) / profile.rescale_slope
-    top = 2**profile.bits_stored - 1
-    stored = np.clip(np.round(stored), 0, top)
-    if profile.photometric == "MONOCHROME1":
-        stored = top - stored
-    return stored.astype(np.uint16)
-
-
 def _build_dataset(
     profile: SiteProfile, *, name: str, index: int, seed: int, size: int, sex: str, age: int, pixels: np.ndarray
 ) -> Dataset:
-    """The image tags of fedmed.data.synth's files (copied: private there), UIDs in this module's namespace."""
+    """fedmed.data.synth's image, its UIDs and pseudonyms in this module's namespace."""
 
     def uid(kind: str) -> str:
         return generate_uid(entropy_srcs=[_UID_NAMESPACE, str(seed), name, str(index), kind])
 
     site = name.upper()
-    ds = study_dataset(
-        profile.sop_class_uid, uid("instance"), index=index, sex=sex, age=age,
-        day=_STUDY_DAY0 + dt.timedelta(days=index % 365), modality=profile.modality,
-        manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
+    return image_dataset(
+        profile, uid, index=index, size=size, sex=sex, age=age, pixels=pixels,
         patient_name=f"{site}^ML{index:04d}", patient_id=f"{site}-ML{index:04d}",
-        accession=f"{site}-MLACC-{index:05d}",
+        accession=f"{site}-MLACC-{index:05d}", first_day=_STUDY_DAY0,
     )
-    ds.ImageType = ["ORIGINAL", "PRIMARY"] + (["AXIAL"] if profile.modality == "CT" else [])
-    ds.StudyInstanceUID = uid("study")
-    ds.SeriesInstanceUID = uid("series")
-    ds.StudyID = f"{index:05d}"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.BurnedInAnnotation = "NO"
-    spacing = round(profile.field_of_view_mm / size, 4)
-    ds.PixelSpacing = [spacing, spacing]
-    if profile.modality == "CT":
-        ds.FrameOfReferenceUID = uid("frame")
-        ds.PositionReferenceIndicator = ""
-        ds.SliceThickness = 2.5
-        ds.KVP = 120
-        corner = -profile.field_of_view_mm / 2
-        ds.ImagePositionPatient = [corner, corner, 0.0]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.RescaleType = "HU"
-    else:
-        ds.ImagerPixelSpacing = [spacing, spacing]
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.ViewPosition = "PA"
-        ds.PatientOrientation = ["L", "F"]
-        ds.PresentationLUTShape = "INVERSE" if profile.photometric == "MONOCHROME1" else "IDENTITY"
-    ds.RescaleSlope = profile.rescale_slope
-    ds.RescaleIntercept = profile.rescale_intercept
-    if profile.windows:
-        centres = [c for c, _ in profile.windows]
-        widths = [w for _, w in profile.windows]
-        ds.WindowCenter = centres if len(centres) > 1 else centres[0]
-        ds.WindowWidth = widths if len(widths) > 1 else widths[0]
-    ds.set_pixel_data(pixels, profile.photometric, profile.bits_stored, generate_instance_uid=False)
-    return ds

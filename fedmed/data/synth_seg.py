@@ -48,16 +48,16 @@ from pydicom.uid import generate_uid
 from fedmed.data.masks import capture_mask_diagnostics
 from fedmed.data.synth import (
     BIASED_SITE,
-    CT_IMAGE_STORAGE,
     SITE_PROFILES,
     SiteProfile,
     check_site_dir,
+    image_dataset,
     low_frequency,
     site_names,
     soft_step,
-    study_dataset,
+    to_stored,
 )
-from fedmed.data.synth_ct import CT_SITE_PROFILES, CtSiteProfile
+from fedmed.data.synth_ct import CT_SITE_PROFILES, CtSiteProfile, ct_slice_datasets
 from fedmed.errors import FedmedError
 
 __all__ = [
@@ -282,7 +282,7 @@ def _write_site(
             rng, chunk.stop - start, size, scale[chunk], faint[chunk] * profile.contrast, profile.noise,
             len(structures),
         )
-        for offset, pixels in enumerate(_to_stored(units, profile)):
+        for offset, pixels in enumerate(to_stored(units, profile)):
             i = start + offset
             ds = _image_dataset(profile, name=name, index=i, seed=seed, size=size, sex=str(sexes[i]),
                                 age=int(ages[i]), pixels=pixels)
@@ -345,17 +345,6 @@ def _draw_images(
     return images, labels
 
 
-def _to_stored(units: np.ndarray, profile: SiteProfile) -> np.ndarray:
-    """As `fedmed.data.synth` stores: modality value -> stored value, clipped, MONOCHROME1 inverted."""
-    values = profile.value_offset + profile.value_scale * units
-    stored = (values - profile.rescale_intercept) / profile.rescale_slope
-    top = 2**profile.bits_stored - 1
-    stored = np.clip(np.round(stored), 0, top)
-    if profile.photometric == "MONOCHROME1":
-        stored = top - stored
-    return stored.astype(np.uint16)
-
-
 def _uid_maker(kind: str, seed: int, name: str, index: int) -> Callable[[str], str]:
     def uid(what: str) -> str:
         return generate_uid(entropy_srcs=[kind, str(seed), name, str(index), what])
@@ -369,45 +358,12 @@ def _image_dataset(
     """A DX or CT image as `fedmed.data.synth` writes them, with this synthesis' own UIDs."""
     uid = _uid_maker("fedmed-synth-seg", seed, name, index)
     site = name.upper()
-    ds = study_dataset(
-        profile.sop_class_uid, uid("instance"), index=index, sex=sex, age=age,
-        day=_STUDY_DAY0 + dt.timedelta(days=index % 365), modality=profile.modality,
-        manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
+    return image_dataset(
+        profile, uid, index=index, size=size, sex=sex, age=age, pixels=pixels,
         patient_name=f"{site}^SEG{index:04d}", patient_id=f"{site}-SEG-{index:04d}",
         accession=f"{site}-SEG-{index:05d}",
+        first_day=_STUDY_DAY0,
     )
-    ds.ImageType = ["ORIGINAL", "PRIMARY"] + (["AXIAL"] if profile.modality == "CT" else [])
-    ds.StudyInstanceUID = uid("study")
-    ds.SeriesInstanceUID = uid("series")
-    ds.StudyID = f"{index:05d}"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.BurnedInAnnotation = "NO"
-    spacing = round(profile.field_of_view_mm / size, 4)
-    ds.PixelSpacing = [spacing, spacing]
-    if profile.modality == "CT":
-        ds.FrameOfReferenceUID = uid("frame")
-        ds.PositionReferenceIndicator = ""
-        ds.SliceThickness = 2.5
-        ds.KVP = 120
-        corner = -profile.field_of_view_mm / 2
-        ds.ImagePositionPatient = [corner, corner, 0.0]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.RescaleType = "HU"
-    else:
-        ds.ImagerPixelSpacing = [spacing, spacing]
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.ViewPosition = "PA"
-        ds.PatientOrientation = ["L", "F"]
-        ds.PresentationLUTShape = "INVERSE" if profile.photometric == "MONOCHROME1" else "IDENTITY"
-    ds.RescaleSlope = profile.rescale_slope
-    ds.RescaleIntercept = profile.rescale_intercept
-    if profile.windows:
-        centres, widths = [c for c, _ in profile.windows], [w for _, w in profile.windows]
-        ds.WindowCenter = centres if len(centres) > 1 else centres[0]
-        ds.WindowWidth = widths if len(widths) > 1 else widths[0]
-    ds.set_pixel_data(pixels, profile.photometric, profile.bits_stored, generate_instance_uid=False)
-    return ds
 
 
 def _write_nifti_2d(path: Path, label_map: np.ndarray, ds: Dataset) -> None:
@@ -550,44 +506,9 @@ def _draw_ct_volume(
 def _ct_datasets(
     profile: CtSiteProfile, hu: np.ndarray, *, name: str, index: int, sex: str, age: int, uid: Callable[[str], str],
 ) -> list[Dataset]:
-    """One CT Image Storage dataset per slice, as `fedmed.data.synth_ct` writes them."""
-    slices, size, _ = hu.shape
-    stored = np.clip(np.round((hu - profile.rescale_intercept) / profile.rescale_slope), 0, 4095).astype(np.uint16)
-    pixel = round(profile.field_of_view_mm / size, 4)
-    corner = -profile.field_of_view_mm / 2
+    """One CT Image Storage dataset per slice, as `fedmed.data.synth_ct` writes them, with this synthesis' own ids."""
     site = name.upper()
-    day = _STUDY_DAY0 + dt.timedelta(days=index % 365)
-    datasets = []
-    for k in range(slices):
-        position_z = -k * profile.slice_spacing_mm  # slice k lies k spacings below the top
-        ds = study_dataset(
-            CT_IMAGE_STORAGE, uid(f"instance-{k}"), index=index, sex=sex, age=age, day=day, modality="CT",
-            manufacturer=profile.manufacturer, model=profile.model, institution=profile.institution,
-            patient_name=f"{site}^CTSEG{index:04d}", patient_id=f"{site}-CTSEG-{index:04d}",
-            accession=f"{site}-CS-{index:05d}",
-        )
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uid("study"), uid("series"), uid("frame")
-        ds.PositionReferenceIndicator = ""
-        ds.StudyID = f"{index:05d}"
-        ds.SeriesNumber = 2
-        ds.SeriesDescription = "CHEST AXIAL"
-        ds.InstanceNumber = (slices - k) if profile.instance_numbers_reversed else k + 1
-        ds.PatientPosition = "FFS" if profile.feet_first else "HFS"
-        ds.ImagePositionPatient = [corner, corner, position_z]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceLocation = position_z
-        ds.SliceThickness = profile.slice_spacing_mm
-        ds.PixelSpacing = [pixel, pixel]
-        ds.KVP = 120
-        ds.BurnedInAnnotation = "NO"
-        ds.RescaleType = "HU"
-        ds.RescaleSlope = profile.rescale_slope
-        ds.RescaleIntercept = profile.rescale_intercept
-        if profile.windows:
-            centres, widths = [c for c, _ in profile.windows], [w for _, w in profile.windows]
-            ds.WindowCenter = centres if len(centres) > 1 else centres[0]
-            ds.WindowWidth = widths if len(widths) > 1 else widths[0]
-        ds.set_pixel_data(stored[k], "MONOCHROME2", 12, generate_instance_uid=False)
-        datasets.append(ds)
-    return datasets
+    return ct_slice_datasets(
+        profile, hu, uid, index=index, sex=sex, age=age, patient_name=f"{site}^CTSEG{index:04d}",
+        patient_id=f"{site}-CTSEG-{index:04d}", accession=f"{site}-CS-{index:05d}", first_day=_STUDY_DAY0,
+    )
