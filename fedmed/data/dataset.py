@@ -175,6 +175,8 @@ class _Record:
     array: np.ndarray
     metadata: DicomMetadata
     sources: tuple[str, ...]
+    key: str | None = None
+    """The image's cache key (over its files' bytes and the preprocessing); None without a cache."""
     target: np.ndarray | None = None
 
 
@@ -184,7 +186,8 @@ def _with_target(
     """The record with its target read, or the row skipped with why (a mask that does not fit, say).
 
     A target read from files of its own (a segmentation mask) is cached like an image,
-    keyed by the content of those files and of the image's, and by the model's input.
+    keyed by the content of those files and by the image's own key, so the image's files
+    are not read again.
     """
     row = record.row
     sources = [site_dir / name for name in record.sources]
@@ -194,9 +197,9 @@ def _with_target(
 
     try:
         files = targets.target_files(row)
-        if cache is not None and files and all((site_dir / name).is_file() for name in files):
-            parameters = f"target:{type(targets).__name__}:{spec.model_dump_json()}"
-            key = content_key([site_dir / name for name in files] + sources, parameters)
+        if cache is not None and record.key and files and all((site_dir / name).is_file() for name in files):
+            parameters = f"target:{type(targets).__name__}:{spec.model_dump_json()}:image={record.key}"
+            key = content_key([site_dir / name for name in files], parameters)
             target = cache.load_or_compute(key, tuple(spec.spatial_shape), read)
         else:
             target = read()
@@ -204,7 +207,7 @@ def _with_target(
         return SkippedFile(row.file, exc.reason + (f" ({exc.detail})" if exc.detail else ""))
     except DicomReadError as exc:  # a mask file that cannot be read (fedmed.data.masks)
         return SkippedFile(row.file, exc.reason + (f" ({exc.detail})" if exc.detail else ""))
-    return _Record(row, record.array, record.metadata, record.sources, np.asarray(target))
+    return _Record(row, record.array, record.metadata, record.sources, record.key, np.asarray(target))
 
 
 def _image_records(
@@ -213,6 +216,7 @@ def _image_records(
     """One image per row, decoded at the model's size and channels."""
     for row in rows:
         path = site_dir / row.file
+        key = None
         try:
             if cache is not None:
                 key = cache_key(path, size=spec.image_size, channels=spec.channels)
@@ -228,7 +232,7 @@ def _image_records(
             detail = f" ({exc.detail})" if exc.detail else ""
             yield row, SkippedFile(row.file, exc.reason + detail)
             continue
-        yield row, _Record(row, image, metadata, (row.file,))
+        yield row, _Record(row, image, metadata, (row.file,), key)
 
 
 def _cached_tags(cache: ImageCache, image_key: str, path: Path) -> DicomMetadata:
@@ -275,7 +279,7 @@ def _series_records(
             yield row, SkippedFile(row.file, "a single image, not a volume (sample: series needs a CT or MR series)")
             continue
         try:
-            volume = _volume(found, spec, cache)
+            volume, key = _volume(found, spec, cache)
         except (DicomReadError, SeriesError) as exc:
             yield row, SkippedFile(row.file, _why(exc))
             continue
@@ -283,7 +287,7 @@ def _series_records(
             yield row, SkippedFile(row.file, f"blank volume ({exc})")
             continue
         sources = tuple(os.path.relpath(name, site_dir).replace(os.sep, "/") for name in found.files)
-        yield row, _Record(row, volume, found.metadata, sources)
+        yield row, _Record(row, volume, found.metadata, sources, key)
 
 
 def _located(series: DicomSeries) -> _Located:
@@ -356,7 +360,8 @@ def _indexed(
     return found
 
 
-def _volume(series: _Located, spec: InputConfig, cache: ImageCache | None) -> np.ndarray:
+def _volume(series: _Located, spec: InputConfig, cache: ImageCache | None) -> tuple[np.ndarray, str | None]:
+    """The preprocessed volume, and its cache key (None without a cache)."""
     shape = tuple(spec.volume.shape)
     parameters = volume_preprocessing_key(
         target_spacing=spec.volume.spacing, target_shape=shape, window=spec.volume.window
@@ -372,9 +377,9 @@ def _volume(series: _Located, spec: InputConfig, cache: ImageCache | None) -> np
         )
 
     if cache is None:
-        return compute()
+        return compute(), None
     key = content_key([Path(name) for name in series.files], parameters)
-    return cache.load_or_compute(key, (1, *shape), compute)
+    return cache.load_or_compute(key, (1, *shape), compute), key
 
 
 def _walk(folder: Path) -> Iterator[Path]:

@@ -98,9 +98,9 @@ def _load(site: Site, plan: RoundPlan, task: Task) -> SiteData:
     return data
 
 
-def _model(plan: RoundPlan, weights: dict[str, torch.Tensor], *, site: str) -> torch.nn.Module:
+def _model(plan: RoundPlan, task: Task, weights: dict[str, torch.Tensor], *, site: str) -> torch.nn.Module:
     """The network the plan names, for the plan's task, with the server's weights, once they are checked."""
-    model = create_model(plan.model.name, spec=plan.input, outputs=create_task(plan.task).outputs)
+    model = create_model(plan.model.name, spec=plan.input, outputs=task.outputs)
     try:
         load_float_state(model, weights)
     except ValueError as error:
@@ -185,7 +185,7 @@ def _train_privately(
     )
 
     received = state_from_arrays(msg.content[Key.ARRAYS])
-    model = _model(plan, received, site=site.site_id)
+    model = _model(plan, task, received, site=site.site_id)
     outcome = train_private(
         model,
         data.train.as_torch_dataset(),
@@ -315,7 +315,7 @@ def _evaluate(msg: Message, context: Context, site: Site) -> Message:
     data = _load(site, plan, task)
     patients = patient_keys(data.test.metadata)
     _check_enough_patients(site, patients, policy.min_cell_size)
-    model = _model(plan, state_from_arrays(msg.content[Key.ARRAYS]), site=site.site_id)
+    model = _model(plan, task, state_from_arrays(msg.content[Key.ARRAYS]), site=site.site_id)
     predictions = task.predict(model, data.test.images, device=select_device(plan.training.device))
     evaluation = task.evaluate_site(
         data.test.targets.numpy(), predictions, patients=patients, min_cell_size=policy.min_cell_size,
@@ -394,7 +394,7 @@ def _evaluate_cross_site(msg: Message, context: Context, site: Site) -> Message:
     seed = plan.training.seed if plan.training.unsafe_reproducible else bootstrap_seed()
     cells, subgroups = {}, {}
     for model_id, arrays in models.items():
-        model = _model(plan, state_from_arrays(arrays), site=site.site_id)
+        model = _model(plan, task, state_from_arrays(arrays), site=site.site_id)
         predictions = task.predict(model, data.test.images, device=device)
 
         def cell(index: np.ndarray, patients: int, predictions: np.ndarray = predictions) -> dict:

@@ -1,5 +1,9 @@
 """What multi-label and multi-class tasks share: one AUROC per named output, pooled one by one.
 
+``PerLabelTask`` holds that shared half; a subclass says how its targets become one 0/1
+column per output (``indicators``), how logits become probabilities (``activation``), and
+what else its site and cell metrics carry.
+
 A multi-class task is scored one class against the rest, so both release, per output,
 the coarsened score groups the binary task releases (fedmed.evaluation.score_groups),
 each prefixed by the output's index.
@@ -7,15 +11,22 @@ each prefixed by the output's index.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from fedmed.config.schema import EvaluationConfig
-from fedmed.evaluation.metrics import auroc_interval
-from fedmed.evaluation.multilabel import macro_auroc, per_label_auroc, per_label_score_groups, pooled_label_aurocs
-from fedmed.tasks.base import Metric, suppressed_cell
+from fedmed.evaluation.multilabel import (
+    macro_auroc,
+    per_label_auroc,
+    per_label_auroc_interval,
+    per_label_score_groups,
+    pooled_label_aurocs,
+)
+from fedmed.tasks.base import Metric, SiteEvaluation, Task, suppressed_cell
 from fedmed.tasks.binary import read_groups
 
 MACRO_AUROC = Metric("macro_auroc", "macro AUROC", scale=(0.5, 1.0))
@@ -100,12 +111,67 @@ def per_label_cell(
         "macro_auroc_ci": list(interval) if interval is not None else None,
         **dict(extra or {}),
     }
-    for k, name in enumerate(names):
-        label_interval = auroc_interval(
-            targets[:, k], scores[:, k], confidence=settings.confidence, n_resamples=settings.bootstrap_samples,
-            seed=seed,
-        )
+    intervals = per_label_auroc_interval(
+        targets, scores, confidence=settings.confidence, n_resamples=settings.bootstrap_samples, seed=seed,
+    )
+    for k, (name, label_interval) in enumerate(zip(names, intervals, strict=True)):
         cell[f"prevalence_{name}"] = float(np.mean(targets[:, k] >= 0.5))
         cell[f"auroc_{name}"] = aurocs[k]
         cell[f"auroc_{name}_ci"] = list(label_interval) if label_interval is not None else None
     return cell
+
+
+class PerLabelTask(Task):
+    """A classifier scored by one AUROC per named output and their macro average."""
+
+    model_kind = "classifier"
+    activation: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
+
+    @property
+    def outputs(self) -> int:
+        return len(self.names)
+
+    def indicators(self, targets: np.ndarray) -> np.ndarray:
+        """(N, outputs) 0/1: which output each record is positive for."""
+        return np.asarray(targets, dtype=np.float64)
+
+    def site_extras(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, float | None]:
+        """The subclass's further site metrics (its test loss first)."""
+        return {}
+
+    def cell_extras(self, targets: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+        return {}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: torch.Tensor, *, device: torch.device) -> np.ndarray:
+        model.to(device).eval()
+        chunks = [type(self).activation(model(batch.to(device))).cpu() for batch in images.split(256)]
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.outputs), dtype=np.float32)
+
+    @property
+    def metric(self) -> Metric:
+        return MACRO_AUROC
+
+    def evaluate_site(
+        self, targets: np.ndarray, predictions: np.ndarray, *, patients: Sequence[Hashable], min_cell_size: int,
+    ) -> SiteEvaluation:
+        indicators = self.indicators(targets)
+        aurocs = per_label_auroc(indicators, predictions)
+        metrics = {**self.site_extras(targets, predictions), "macro_auroc": macro_auroc(aurocs)}
+        metrics |= {f"auroc_{name}": value for name, value in zip(self.names, aurocs, strict=True)}
+        return SiteEvaluation(
+            metrics=metrics,
+            release=per_label_release(indicators, predictions, patients=patients, min_cell_size=min_cell_size),
+        )
+
+    def pooled(self, sites: Sequence[tuple[Sequence[float], Mapping[str, float | None]]]) -> float | None:
+        return macro_auroc(pooled_per_label(sites, self.names))
+
+    def evaluate_cell(
+        self, targets: np.ndarray, predictions: np.ndarray, *, patients: int, settings: EvaluationConfig,
+        min_cell_size: int, seed: int,
+    ) -> dict[str, Any]:
+        return per_label_cell(
+            self.indicators(targets), predictions, self.names, patients=patients, settings=settings,
+            min_cell_size=min_cell_size, seed=seed, extra=self.cell_extras(targets, predictions),
+        )
