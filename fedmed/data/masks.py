@@ -38,6 +38,7 @@ floor(i * n_in / n_out), shifting masks by up to half an input pixel.)
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -206,8 +207,8 @@ def _declared(structures: Sequence[str]) -> tuple[str, ...]:
     names = tuple(str(name).strip() for name in structures)
     if not names or not all(names):
         raise ValueError(f"structures must name at least one structure, got {list(structures)}")
-    if len({name.casefold() for name in names}) != len(names):
-        raise ValueError(f"structures must differ (case-insensitively), got {list(names)}")
+    if len({structure_key(name) for name in names}) != len(names):
+        raise ValueError(f"structures must differ (compared as structure_key does), got {list(names)}")
     if len(names) > 255:
         raise ValueError(f"at most 255 structures fit a uint8 label map, got {len(names)}")
     return names
@@ -396,9 +397,18 @@ def _check_seg_series(path: Path, ds: Dataset, target: _Target) -> None:
         )
 
 
+def structure_key(name: str) -> str:
+    """A name as structures are matched: case-folded, each run of spaces and punctuation one '_'.
+
+    Segment Label (0062,0005) is free text (LO): "Left Lung" or "first segment" in a SEG
+    written elsewhere is the structure a config names ``left_lung`` or ``first_segment``.
+    """
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().casefold()).strip("_")
+
+
 def _segment_values(path: Path, ds: Dataset, structures: tuple[str, ...]) -> dict[int, int]:
-    """Segment Number (0062,0004) -> label value, by Segment Label (0062,0005), case-insensitively."""
-    values = {name.casefold(): index for index, name in enumerate(structures, start=1)}
+    """Segment Number (0062,0004) -> label value, by Segment Label (0062,0005) as ``structure_key`` reads it."""
+    values = {structure_key(name): index for index, name in enumerate(structures, start=1)}
     segments: dict[int, int] = {}
     items = ds.get("SegmentSequence") or []
     if not items:
@@ -412,12 +422,13 @@ def _segment_values(path: Path, ds: Dataset, structures: tuple[str, ...]) -> dic
                                                           "Segment Number")
         if number == 0:  # a LABELMAP SEG may describe its background as segment 0: value 0 is background anyway
             continue
-        value = values.get(label.strip().casefold())
+        value = values.get(structure_key(label))
         if value is None:
             raise MaskError(
                 path, "undeclared structure in mask",
                 f"segment {number} (0062,0005) Segment Label '{label}' is not among the declared structures "
-                f"[{', '.join(structures)}]; add it to `structures` in the experiment config, or remove the "
+                f"[{', '.join(structures)}] (labels are compared lower-case, spaces and punctuation as '_'); add it "
+                "to `structures` in the experiment config, or remove the "
                 "segment from the SEG",
             )
         segments[number] = value

@@ -355,3 +355,12 @@ class TestVolume:
         mask = write_nifti_3d(tmp_path / "m.nii.gz", labels, datasets, shape_override=(10, 12, 5))
         with pytest.raises(MaskError, match=r"mask size differs .*\(5, 12, 10\) in the image's axes.* \(6, 12, 10\)"):
             read_mask_volume(mask, series, structures=["lesion"], target_shape=(4, 8, 8))
+
+
+def test_a_free_text_segment_label_matches_its_config_name() -> None:
+    """Segment Label (0062,0005) is free text: "Left Lung" in a SEG written elsewhere is ``left_lung``."""
+    from fedmed.data.masks import structure_key
+
+    assert structure_key("Left Lung") == structure_key(" left-lung ") == "left_lung"
+    assert structure_key("first segment") == "first_segment"
+    assert structure_key("Lesion") == "lesion"
