@@ -15,7 +15,7 @@ from typing import Any
 
 from fedmed.errors import FedmedError
 from fedmed.federation.recorder import RESULTS_FILE, write_text_atomic
-from fedmed.report.plots import plot_convergence, plot_epsilon, png_data_uri, site_colour
+from fedmed.report.plots import has_test_loss, plot_convergence, plot_epsilon, png_data_uri, site_colour
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
@@ -111,6 +111,7 @@ def _view(results: dict[str, Any]) -> dict[str, Any]:
         "name": config.get("name") or "unnamed run",
         "task": task,
         "metric": metric,
+        "test_loss": has_test_loss(results, sites),
         "columns": [m for m in task["cell_metrics"] if isinstance(m, dict) and m.get("key")],
         "status": results.get("status") or "unknown",
         "status_reason": results.get("status_reason"),

@@ -29,30 +29,40 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def has_test_loss(results: dict[str, Any], sites: list[str]) -> bool:
+    """Whether any site reported a test loss (a segmentation site does not: see plot_convergence)."""
+    return any(v is not None for site in sites for v in _series(results.get("rounds") or [], site, "test_eval_loss"))
+
+
 def plot_convergence(
     results: dict[str, Any], sites: list[str], *, metric: str = "auroc", label: str = "AUROC",
 ) -> bytes | None:
     """The task's test metric per site and pooled, and test loss per site, per round; None without rounds.
 
     Test loss, not training loss: a site keeps its training loss (a statistic of its
-    training data, not covered by DP) to itself.
+    training data, not covered by DP) to itself. Without any test loss (segmentation keeps
+    label maps, not the soft outputs a loss needs) the figure has the metric panel alone.
     """
     rounds = results.get("rounds") or []
     if not rounds:
         return None
     plt, ticker = _pyplot()
+    with_loss = has_test_loss(results, sites)
     with plt.rc_context(_STYLE):
-        figure, (metric_axes, loss_axes) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+        figure, panels = plt.subplots(1, 2 if with_loss else 1, figsize=(10, 3.4), layout="constrained", squeeze=False)
+        metric_axes = panels[0][0]
         numbers = [r.get("round") for r in rounds]
         for index, site in enumerate(sites):
-            colour = site_colour(index)
-            _line(metric_axes, numbers, _series(rounds, site, f"test_{metric}"), colour, site)
-            _line(loss_axes, numbers, _series(rounds, site, "test_eval_loss"), colour, site)
+            _line(metric_axes, numbers, _series(rounds, site, f"test_{metric}"), site_colour(index), site)
         pooled = [r.get(f"global_{metric}") for r in rounds]
         _line(metric_axes, numbers, pooled, POOLED_COLOUR, "pooled", dashed=True)
         metric_axes.set_title(f"Test {label}")
-        loss_axes.set_title("Test loss")
-        for axes in (metric_axes, loss_axes):
+        if with_loss:
+            loss_axes = panels[0][1]
+            for index, site in enumerate(sites):
+                _line(loss_axes, numbers, _series(rounds, site, "test_eval_loss"), site_colour(index), site)
+            loss_axes.set_title("Test loss")
+        for axes in panels[0]:
             _finish_axes(axes, ticker)
         _legend(figure, metric_axes)  # the same colours in both panels: one legend
         return _png(figure, plt)

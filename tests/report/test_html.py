@@ -11,6 +11,7 @@ import pytest
 
 from fedmed.errors import FedmedError
 from fedmed.report import REPORT_FILE, metric_colour, render_report, write_report
+from fedmed.report.plots import has_test_loss
 from tests.report.conftest import FINDING, make_results, numbers_missing_from, visible_text
 
 
@@ -112,6 +113,16 @@ def test_a_run_with_seeded_randomness_says_so(results: dict[str, Any]) -> None:
     assert "sampling and noise seeded from the plan (unsafe)" in text
     assert "no differential privacy held against the server in this run" in text
     assert "no differential privacy held" not in " ".join(visible_text(render_report(make_results())).split())
+
+
+def test_the_loss_panel_only_when_sites_report_a_test_loss(results: dict[str, Any], page: str) -> None:
+    assert "Right: test loss at each site" in visible_text(page)
+    for entry in results["rounds"]:  # a segmentation run: its sites report no test loss
+        for site in entry["sites"].values():
+            site.pop("test_eval_loss", None)
+    assert not has_test_loss(results, ["site-a", "site-b", "site-c"])
+    text = " ".join(visible_text(render_report(results)).split())
+    assert "Test AUROC at each site and pooled over all sites' test sets (dashed)." in text and "Right:" not in text
 
 
 def test_run_that_recorded_nothing() -> None:
