@@ -1,12 +1,16 @@
-"""Synthetic multi-label hospitals: chest radiographs that show any combination of three findings.
+"""Synthetic multi-label and multi-class hospitals: chest radiographs that show findings.
 
-Why: a multi-label task (each image may show several findings, each its own yes/no) needs
-data whose findings are known, each with a sign a network can learn, read through the same
-DICOM path as the binary hospitals (fedmed.data.synth: the same scanner profiles, vendor
-tags, rescale, windows, MONOCHROME1 at site-b).
+Why: a multi-label task (each image may show several findings, each its own yes/no) and a
+multi-class task (each image shows exactly one class) need data whose findings are known,
+each with a sign a network can learn, read through the same DICOM path as the binary
+hospitals (fedmed.data.synth: the same scanner profiles, vendor tags, rescale, windows,
+MONOCHROME1 at site-b).
 
-Each site folder holds `images/<SOPInstanceUID>.dcm` and `labels.csv` with the header
-`file,split,<label1>,<label2>,...` and 0/1 values. The findings (`FINDINGS`) and their signs,
+Each site folder holds `images/<SOPInstanceUID>.dcm` and `labels.csv`. Multi-label
+(`synthesize_multilabel_hospitals`): the header `file,split,<label1>,<label2>,...` and 0/1
+values. Multi-class (`synthesize_multiclass_hospitals`): the header `file,split,label` and the
+class name, one of `CLASSES` (``normal``: no finding; else the one finding the image shows).
+The findings (`FINDINGS`) and their signs,
 drawn on the binary synthesizer's anatomy (two dark lung fields, ribs, a spine band, smooth
 low-frequency variation, pixel noise) plus a heart:
 
@@ -17,16 +21,19 @@ low-frequency variation, pixel noise) plus a heart:
   spans about a third of the chest's width, an enlarged one more than half (the
   cardiothoracic ratio above 0.5 that defines cardiomegaly on a PA film).
 
-Findings are drawn independently, each with exactly round(prevalence * n) positives per
-site (`FINDING_PREVALENCE`, which differs by site). The test split is stratified by the
-combination of findings, then repaired so every label has both classes in both splits.
+Multi-label: findings are drawn independently, each with exactly round(prevalence * n)
+positives per site (`FINDING_PREVALENCE`, which differs by site). The test split is stratified
+by the combination of findings, then repaired so every label has both classes in both splits.
+Multi-class: each site has exact class counts from its shares (`CLASS_SHARES`, which differ by
+site), and a test split stratified by class with every class in both splits.
 
 Planted bias (on purpose, for subgroup analyses to find): at site-b, effusions in female
 patients are drawn at 35-45 % of the site's normal contrast (`FEMALE_EFFUSION_CONTRAST`);
 the other findings, and every other site, are unbiased.
 
-Everything is a function of `seed`; UIDs are drawn in a namespace of their own, so they never
-collide with the binary synthesizer's for the same seed.
+Everything is a function of `seed`; each synthesizer draws from a random stream and a UID
+namespace of its own, so UIDs never collide with the binary synthesizer's or each other's for
+the same seed.
 """
 
 from __future__ import annotations
@@ -59,9 +66,12 @@ from fedmed.errors import FedmedError, did_you_mean
 
 __all__ = [
     "BIASED_FINDING",
+    "CLASSES",
+    "CLASS_SHARES",
     "FEMALE_EFFUSION_CONTRAST",
     "FINDINGS",
     "FINDING_PREVALENCE",
+    "synthesize_multiclass_hospitals",
     "synthesize_multilabel_hospitals",
 ]
 
@@ -76,6 +86,18 @@ FINDING_PREVALENCE: tuple[dict[str, float], ...] = (
 )
 """Per site profile (site-a, site-b, ...; cycled like SITE_PROFILES), the fraction of positives."""
 
+CLASSES = ("normal", *FINDINGS)
+"""The multi-class classes: ``normal`` (no finding) or the one finding an image shows."""
+
+CLASS_SHARES: tuple[dict[str, float], ...] = (
+    {"normal": 0.40, "nodule": 0.20, "effusion": 0.25, "cardiomegaly": 0.15},
+    {"normal": 0.30, "nodule": 0.25, "effusion": 0.30, "cardiomegaly": 0.15},
+    {"normal": 0.45, "nodule": 0.15, "effusion": 0.15, "cardiomegaly": 0.25},
+    {"normal": 0.35, "nodule": 0.25, "effusion": 0.20, "cardiomegaly": 0.20},
+)
+"""Per site profile (cycled like SITE_PROFILES), each class's share of the multi-class images;
+renormalised over the classes asked for."""
+
 BIASED_FINDING = "effusion"
 FEMALE_EFFUSION_CONTRAST = (0.35, 0.45)
 """At BIASED_SITE, female patients' effusions are drawn at this fraction of the site's contrast."""
@@ -89,6 +111,8 @@ _HEART_HALF_WIDTH = {False: (0.09, 0.12), True: (0.17, 0.21)}  # fraction of wid
 _STUDY_DAY0 = dt.date(2024, 3, 4)
 _CHUNK = 64
 _UID_NAMESPACE = "fedmed-synth-multilabel"
+_MULTICLASS_UID_NAMESPACE = "fedmed-synth-multiclass"
+_MULTILABEL_STREAM, _MULTICLASS_STREAM = 2, 5  # apart from the other synthesizers' (synth_ct 3, synth_seg 11, 13)
 
 
 def synthesize_multilabel_hospitals(
@@ -132,10 +156,77 @@ def synthesize_multilabel_hospitals(
     with pydicom_config.disable_value_validation():  # valid by construction; halves the time
         for index, site_dir in enumerate(site_dirs):
             _clear_site_dir(site_dir)
+            rng = _site_rng(seed, site_dir.name, _MULTILABEL_STREAM)
+            prevalence = FINDING_PREVALENCE[index % len(FINDING_PREVALENCE)]
+            present = np.zeros((images_per_site, len(FINDINGS)), dtype=bool)
+            for label in labels:
+                present[:, FINDINGS.index(label)] = draw_labels(rng, images_per_site, prevalence[label]) == 1
+            columns = [FINDINGS.index(label) for label in labels]
+            test = _draw_test_split(rng, present[:, columns], test_fraction)
             _write_site(
-                site_dir, name=site_dir.name, profile=SITE_PROFILES[index % len(SITE_PROFILES)],
-                prevalence=FINDING_PREVALENCE[index % len(FINDING_PREVALENCE)], labels=labels,
-                n_images=images_per_site, image_size=image_size, test_fraction=test_fraction, seed=seed,
+                site_dir, rng, name=site_dir.name, profile=SITE_PROFILES[index % len(SITE_PROFILES)],
+                present=present, test=test, header=labels, cells=present[:, columns].astype(int).tolist(),
+                image_size=image_size, seed=seed, namespace=_UID_NAMESPACE, tag="ML",
+            )
+    return site_dirs
+
+
+def synthesize_multiclass_hospitals(
+    root: Path,
+    *,
+    n_sites: int = 3,
+    images_per_site: int = 400,
+    image_size: int = 96,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    classes: Sequence[str] = CLASSES,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write `n_sites` multi-class hospital folders under `root` and return their paths.
+
+    Each image shows exactly one of `classes`: ``normal`` (no finding) or one finding of
+    `FINDINGS`. Each site has exact counts from its `CLASS_SHARES` (renormalised over
+    `classes`, at least two images per class) and a test split stratified by class with every
+    class in both splits. The manifest is ``file,split,label`` with the class name. Sites,
+    `image_size` and `overwrite` as in `synthesize_multilabel_hospitals`.
+
+    Raises:
+        FedmedError: an argument out of range, or a class that is not one of `CLASSES`.
+        DataError: a site folder already holds files and `overwrite` is False.
+    """
+    classes = _check_classes(classes)
+    site_names(n_sites)
+    minimum = 2 * len(classes)
+    if images_per_site < minimum:
+        raise FedmedError(
+            f"images_per_site must be at least {minimum} (one image of each of {len(classes)} classes in train "
+            f"and test), got {images_per_site}"
+        )
+    if image_size < 16:
+        raise FedmedError(f"image_size must be at least 16 pixels, got {image_size}")
+    if not 0.0 < test_fraction < 1.0:
+        raise FedmedError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    root = Path(root)
+    site_dirs = [root / name for name in site_names(n_sites)]
+    for site_dir in site_dirs:  # refuse before writing anything
+        check_site_dir(site_dir, overwrite=overwrite)
+    with pydicom_config.disable_value_validation():  # valid by construction; halves the time
+        for index, site_dir in enumerate(site_dirs):
+            _clear_site_dir(site_dir)
+            rng = _site_rng(seed, site_dir.name, _MULTICLASS_STREAM)
+            shares = CLASS_SHARES[index % len(CLASS_SHARES)]
+            counts = _class_counts([shares[name] for name in classes], images_per_site)
+            drawn = rng.permutation(np.repeat(np.arange(len(classes)), counts))
+            one_hot = np.eye(len(classes), dtype=bool)[drawn]
+            present = np.zeros((images_per_site, len(FINDINGS)), dtype=bool)
+            for column, name in enumerate(classes):
+                if name in FINDINGS:
+                    present[:, FINDINGS.index(name)] = one_hot[:, column]
+            _write_site(
+                site_dir, rng, name=site_dir.name, profile=SITE_PROFILES[index % len(SITE_PROFILES)],
+                present=present, test=_draw_test_split(rng, one_hot, test_fraction), header=("label",),
+                cells=[[classes[c]] for c in drawn], image_size=image_size, seed=seed,
+                namespace=_MULTICLASS_UID_NAMESPACE, tag="MC",
             )
     return site_dirs
 
@@ -152,6 +243,39 @@ def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     return labels
 
 
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(classes, str):
+        raise FedmedError(
+            f"classes must be a sequence of class names, not the string {classes!r}; e.g. ('normal', {classes!r})"
+        )
+    classes = tuple(classes)
+    unknown = [f"{name!r}{did_you_mean(name, CLASSES)}" for name in classes if name not in CLASSES]
+    if unknown:
+        raise FedmedError(f"unknown class {', '.join(unknown)}; classes the synthesizer draws: {', '.join(CLASSES)}")
+    repeated = sorted({name for name in classes if classes.count(name) > 1})
+    if repeated:
+        raise FedmedError(f"classes must name each class once; repeated: {', '.join(repeated)}")
+    if len(classes) < 2:
+        raise FedmedError(f"classes must name at least 2 classes, e.g. ('normal', 'effusion'); got {classes}")
+    return classes
+
+
+def _class_counts(shares: Sequence[float], n: int) -> np.ndarray:
+    """Exact counts summing to `n` in proportion to `shares` (largest remainder), at least 2 each."""
+    wanted = np.asarray(shares, dtype=np.float64) / sum(shares) * n
+    counts = np.floor(wanted).astype(np.int64)
+    for index in np.argsort(counts - wanted, kind="stable")[: n - counts.sum()]:  # largest remainders first
+        counts[index] += 1
+    while (counts < 2).any():  # one for each split: taken from the largest class
+        counts[np.argmax(counts)] -= 1
+        counts[np.argmin(counts)] += 1
+    return counts
+
+
+def _site_rng(seed: int, name: str, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, string.ascii_lowercase.index(name[-1]), stream])
+
+
 def _clear_site_dir(site_dir: Path) -> None:
     """Remove what a previous synthesis wrote (only *.dcm in images/ and labels.csv)."""
     images_dir = site_dir / "images"
@@ -166,24 +290,26 @@ def _clear_site_dir(site_dir: Path) -> None:
 
 def _write_site(
     site_dir: Path,
+    rng: np.random.Generator,
     *,
     name: str,
     profile: SiteProfile,
-    prevalence: dict[str, float],
-    labels: tuple[str, ...],
-    n_images: int,
+    present: np.ndarray,
+    test: np.ndarray,
+    header: Sequence[str],
+    cells: Sequence[Sequence[object]],
     image_size: int,
-    test_fraction: float,
     seed: int,
+    namespace: str,
+    tag: str,
 ) -> None:
-    site_index = string.ascii_lowercase.index(name[-1])
-    rng = np.random.default_rng([seed, site_index, 2])  # 2: a stream apart from the binary synthesizer's
+    """Draw and write the images showing `present` (n, len(FINDINGS)) and the manifest.
+
+    The manifest is ``file,split,*header``, each row ending in that image's `cells`; the
+    patients (sex, age) and the planted bias are drawn here, from `rng`, after the caller's labels.
+    """
+    n_images = len(present)
     size = max(16, round(image_size * profile.size_scale))
-    present = np.zeros((n_images, len(FINDINGS)), dtype=bool)
-    for label in labels:
-        present[:, FINDINGS.index(label)] = draw_labels(rng, n_images, prevalence[label]) == 1
-    columns = [FINDINGS.index(label) for label in labels]
-    test = _draw_test_split(rng, present[:, columns], test_fraction)
     sexes = np.where(rng.random(n_images) < 0.5, "F", "M")
     ages = np.clip(np.round(rng.normal(58.0, 16.0, n_images)), 18, 95).astype(int)
     contrast = np.full((n_images, len(FINDINGS)), profile.contrast)
@@ -199,16 +325,17 @@ def _write_site(
         for offset, pixels in enumerate(to_stored(units, profile)):
             i = start + offset
             ds = _build_dataset(
-                profile, name=name, index=i, seed=seed, size=size, sex=str(sexes[i]), age=int(ages[i]), pixels=pixels
+                profile, name=name, index=i, seed=seed, size=size, sex=str(sexes[i]), age=int(ages[i]), pixels=pixels,
+                namespace=namespace, tag=tag,
             )
             relative = f"images/{ds.SOPInstanceUID}.dcm"
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             (site_dir / relative).write_bytes(buffer.getvalue())
-            rows.append([relative, "test" if test[i] else "train", *(int(present[i, c]) for c in columns)])
+            rows.append([relative, "test" if test[i] else "train", *cells[i]])
     with open(site_dir / "labels.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["file", "split", *labels])
+        writer.writerow(["file", "split", *header])
         writer.writerows(rows)
 
 
@@ -302,16 +429,26 @@ def _draw_radiographs(
 
 
 def _build_dataset(
-    profile: SiteProfile, *, name: str, index: int, seed: int, size: int, sex: str, age: int, pixels: np.ndarray
+    profile: SiteProfile,
+    *,
+    name: str,
+    index: int,
+    seed: int,
+    size: int,
+    sex: str,
+    age: int,
+    pixels: np.ndarray,
+    namespace: str,
+    tag: str,
 ) -> Dataset:
-    """fedmed.data.synth's image, its UIDs and pseudonyms in this module's namespace."""
+    """fedmed.data.synth's image, its UIDs in `namespace` and pseudonyms marked `tag`."""
 
     def uid(kind: str) -> str:
-        return generate_uid(entropy_srcs=[_UID_NAMESPACE, str(seed), name, str(index), kind])
+        return generate_uid(entropy_srcs=[namespace, str(seed), name, str(index), kind])
 
     site = name.upper()
     return image_dataset(
         profile, uid, index=index, size=size, sex=sex, age=age, pixels=pixels,
-        patient_name=f"{site}^ML{index:04d}", patient_id=f"{site}-ML{index:04d}",
-        accession=f"{site}-MLACC-{index:05d}", first_day=_STUDY_DAY0,
+        patient_name=f"{site}^{tag}{index:04d}", patient_id=f"{site}-{tag}{index:04d}",
+        accession=f"{site}-{tag}ACC-{index:05d}", first_day=_STUDY_DAY0,
     )
