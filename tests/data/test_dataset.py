@@ -6,11 +6,12 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from fedmed.config import InputConfig
-from fedmed.data.dataset import ImageSet, SkippedFile, load_site_data
+from fedmed.data.dataset import ImageSet, ManifestRow, SkippedFile, load_site_data
 from fedmed.data.synth import synthesize_hospitals
 from fedmed.errors import DataError
 
@@ -101,6 +102,67 @@ def test_a_cached_load_reads_no_header(site: Path, tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(dataset_module, "read_dicom_image", refuse)
     second = load_site_data(site, spec=InputConfig(image_size=SIZE), cache_dir=tmp_path / "cache")
     assert second.train.metadata == first.train.metadata and second.test.files == first.test.files
+
+
+class FileMasks:
+    """A task whose target is a file of its own beside the image (as a segmentation mask is)."""
+
+    target_dtype = torch.int64
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def manifest_columns(self) -> tuple[str, ...]:
+        return ("mask",)
+
+    def manifest_problem(self, row: object) -> None:
+        return None
+
+    def read_target(self, row: ManifestRow, *, site_dir: Path, sources: object, spec: InputConfig) -> np.ndarray:
+        self.reads += 1
+        value = int((site_dir / row.values["mask"]).read_text())
+        return np.full((spec.image_size, spec.image_size), value, dtype=np.int64)
+
+    def target_files(self, row: ManifestRow) -> tuple[str, ...]:
+        return (row.values["mask"],)
+
+    def target_text(self, target: np.ndarray) -> str:
+        return str(int(target.max()))
+
+
+def test_a_cached_target_is_keyed_by_its_file_and_its_image(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached load reads neither the image nor the mask; a changed mask file is read again."""
+    from fedmed.data import dataset as dataset_module
+
+    rows = manifest_rows(site)
+    (site / "masks").mkdir()
+    for index in range(len(rows)):
+        (site / "masks" / f"{index}.txt").write_text(str(index % 3))
+    lines = [f"{row['file']},masks/{index}.txt,{row['split']}" for index, row in enumerate(rows)]
+    (site / "labels.csv").write_text("\n".join(["file,mask,split", *lines]) + "\n")
+    spec, cache = InputConfig(image_size=SIZE), tmp_path / "cache"
+    reader = FileMasks()
+    first = load_site_data(site, spec=spec, targets=reader, cache_dir=cache)
+    assert reader.reads == N_IMAGES
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was read on a cache hit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dataset_module, "read_dicom_metadata", refuse)
+        patched.setattr(dataset_module, "read_dicom_image", refuse)
+        second = load_site_data(site, spec=spec, targets=reader, cache_dir=cache)
+    assert reader.reads == N_IMAGES  # every mask came from the cache
+    assert torch.equal(first.train.targets, second.train.targets)
+    assert torch.equal(first.test.targets, second.test.targets)
+
+    (site / "masks" / "0.txt").write_text("7")  # one mask edited at the site
+    third = load_site_data(site, spec=spec, targets=reader, cache_dir=cache)
+    assert reader.reads == N_IMAGES + 1
+    split = third.train if rows[0]["split"] == "train" else third.test
+    assert int(split.targets[split.files.index(rows[0]["file"])].max()) == 7
 
 
 def test_missing_folder(tmp_path: Path) -> None:
