@@ -21,7 +21,8 @@ def synth(
     kind: Annotated[
         str, typer.Option(help=(
             "radiograph (one 2-D image per study, one label), ct-series (one file per CT slice), multilabel "
-            "(radiographs with several findings), segmentation (images with DICOM SEG masks) or ct-segmentation."
+            "(radiographs with several findings), multiclass (radiographs with one class each), segmentation "
+            "(images with DICOM SEG masks) or ct-segmentation."
         ))
     ] = "radiograph",
     slices: Annotated[int, typer.Option(min=2, max=512, help="ct-series and ct-segmentation: slices per study.")] = 16,

@@ -135,6 +135,7 @@ SYNTHESIS_TASKS = {
     "radiograph": TaskKind.BINARY,
     "ct-series": TaskKind.BINARY,
     "multilabel": TaskKind.MULTILABEL,
+    "multiclass": TaskKind.MULTICLASS,
     "segmentation": TaskKind.SEGMENTATION,
     "ct-segmentation": TaskKind.SEGMENTATION,
 }
@@ -144,10 +145,12 @@ SYNTHESIS_TASKS = {
 class SynthesisConfig(Section):
     """Demo hospitals written by ``fedmed synth`` when the data folder is missing."""
 
-    kind: Literal["radiograph", "ct-series", "multilabel", "segmentation", "ct-segmentation"] = "radiograph"
+    kind: Literal["radiograph", "ct-series", "multilabel", "multiclass", "segmentation", "ct-segmentation"] = (
+        "radiograph"
+    )
     """radiograph: one 2-D image per study, one label; ct-series: CT series, one file per slice;
-    multilabel: radiographs with several findings; segmentation / ct-segmentation: images or CT
-    series with DICOM SEG masks."""
+    multilabel: radiographs with several findings; multiclass: radiographs with one class each
+    (normal or one finding); segmentation / ct-segmentation: images or CT series with DICOM SEG masks."""
     images_per_site: Annotated[int, Field(ge=20)] = 600
     """Studies per site (each a series of ``slices`` files for ct-series)."""
     slices: Annotated[int, Field(ge=2, le=512)] = 16

@@ -2,8 +2,9 @@
 
 Each kind writes real DICOM files (and DICOM SEG masks for segmentation) labelled for one
 task: radiographs and CT series for the binary task, radiographs with several findings for
-a multi-label task, images or CT series with masks for segmentation. The task's names
-(labels, structures) are what the synthesizer draws and writes in the manifest.
+a multi-label task, radiographs with one class each for a multi-class task, images or CT
+series with masks for segmentation. The task's names (labels, classes, structures) are what
+the synthesizer draws and writes in the manifest.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from fedmed.config.schema import SynthesisConfig
 from fedmed.errors import FedmedError
 
-KINDS = ("radiograph", "ct-series", "multilabel", "segmentation", "ct-segmentation")
+KINDS = ("radiograph", "ct-series", "multilabel", "multiclass", "segmentation", "ct-segmentation")
 
 
 def synthesize_demo(
@@ -22,8 +23,8 @@ def synthesize_demo(
 ) -> list[Path]:
     """Write ``n_sites`` demo hospitals of ``synth.kind`` under ``root``; their folders.
 
-    ``names`` are the task's labels (multilabel) or structures (segmentation); the
-    synthesizer's defaults when empty.
+    ``names`` are the task's labels (multilabel), classes (multiclass) or structures
+    (segmentation); the synthesizer's defaults when empty.
 
     Raises:
         FedmedError: an unknown kind or an argument the synthesizer refuses.
@@ -44,6 +45,11 @@ def synthesize_demo(
 
         labels = {"labels": tuple(names)} if names else {}
         return list(synthesize_multilabel_hospitals(root, images_per_site=synth.images_per_site, **common, **labels))
+    if synth.kind == "multiclass":
+        from fedmed.data.synth_multilabel import synthesize_multiclass_hospitals
+
+        classes = {"classes": tuple(names)} if names else {}
+        return synthesize_multiclass_hospitals(root, images_per_site=synth.images_per_site, **common, **classes)
     if synth.kind == "segmentation":
         from fedmed.data.synth_seg import synthesize_segmentation_hospitals
 
