@@ -5,9 +5,11 @@ Numbers from a shared or busy machine are noisy; run it twice before you trust a
 
 It measures two things, side by side in one run:
 
-1. **Framework overhead of the quickstart federation.** The real quickstart
-   (configs/quickstart.yaml) runs through ``fedmed.federation.simulation.simulate``, the
-   same path as ``fedmed simulate``. The wall time of that call is compared with the
+1. **Framework overhead of every quickstart federation.** Each real quickstart
+   (every ``configs/quickstart*.yaml``: binary 2-D and 3-D, segmentation, ... or those
+   given with ``--configs``), one after another, runs through
+   ``fedmed.federation.simulation.simulate``, the same path as ``fedmed simulate``, with
+   its local-only models and pooled baseline left out. The wall time of that call is compared with the
    sites' own local work, the sum over sites of ``train_seconds + eval_seconds`` from
    results.json (each site times its handler: data loading, privacy plan, DP-SGD,
    evaluation). ``wall / site work`` above 1 is time spent outside the sites' training and
@@ -40,11 +42,11 @@ The machine facts (CPU count, torch version, device, load average) are printed f
 Run from the repository root::
 
     python simulations/benchmark_quickstart.py [--skip-federation] [--skip-throughput]
-        [--out DIR] [--samples N] [--model-samples NAME=N] [--repeats R] [--batch-size B]
+        [--configs YAML ...] [--out DIR] [--samples N] [--model-samples NAME=N] [--repeats R] [--batch-size B]
         [--image-size S] [--volume-shape D H W] [--models NAME ...]
 
-The quickstart data is generated under data/quickstart on first use (by simulate()), in
-which case the federation's wall time includes writing it.
+Each quickstart's demo data is generated under data/ on first use (by simulate()), in
+which case that federation's wall time includes writing it.
 """
 
 from __future__ import annotations
@@ -116,7 +118,12 @@ def _device_name(device: torch.device) -> str:
 # ---------------------------------------------------------------------------- federation
 
 
-def fresh_books_config(out_dir: Path) -> Path:
+def quickstart_configs() -> list[Path]:
+    """Every quickstart config shipped in configs/, the binary 2-D one first."""
+    return sorted(REPO_ROOT.glob("configs/quickstart*.yaml"), key=lambda p: (p != QUICKSTART_CONFIG, p.name))
+
+
+def fresh_books_config(config_path: Path, out_dir: Path) -> Path:
     """The quickstart config with the hospitals' privacy books in ``out_dir``.
 
     Simulated hospitals keep their spend across runs; a benchmark must not be refused
@@ -127,59 +134,80 @@ def fresh_books_config(out_dir: Path) -> Path:
 
     from fedmed.config import load_config
 
-    resolved = load_config(QUICKSTART_CONFIG)
-    raw = yaml.safe_load(QUICKSTART_CONFIG.read_text(encoding="utf-8"))
+    resolved = load_config(config_path)
+    raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     raw["data"]["root"] = str(resolved.data.root)
     raw["simulation"]["site_policy"] = str(resolved.simulation.site_policy)
     raw["simulation"]["state_root"] = str(out_dir / "hospital-state")
     raw["evaluation"] = {**raw.get("evaluation", {}), "local_models": False, "pooled_baseline": False}
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "quickstart-benchmark.yaml"
+    path = out_dir / f"{config_path.stem}-benchmark.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path
 
 
-def benchmark_federation(out_dir: Path) -> list[Section]:
-    """Run the real quickstart and split its wall time into site work and the rest."""
+@dataclass
+class FederationRun:
+    """One quickstart federation's measures, for its own tables and the summary across configs."""
+
+    config: str
+    task: str
+    model: str
+    wall: float
+    server_run: float | None
+    site_work: float | None
+    concurrency: int
+    metric_label: str
+    pooled: float | None
+    sections: list[Section]
+
+
+def benchmark_federation(config_path: Path, out_dir: Path) -> FederationRun:
+    """Run one real quickstart and split its wall time into site work and the rest."""
     from fedmed.cli.simulate import ProgressPrinter
     from fedmed.config import load_config
     from fedmed.federation.simulation import simulate
 
-    config_path = fresh_books_config(out_dir)
-    config = load_config(config_path)
+    name = config_path.relative_to(REPO_ROOT).as_posix() if config_path.is_relative_to(REPO_ROOT) else str(config_path)
+    benchmark_config = fresh_books_config(config_path, out_dir)
+    config = load_config(benchmark_config)
     data_existed = config.data.root.is_dir()
-    console.rule("[bold]1. quickstart federation")
+    console.rule(f"[bold]1. quickstart federation: {name}")
     console.print(
-        f"{QUICKSTART_CONFIG.relative_to(REPO_ROOT)}: {len(config.data.sites)} sites, "
-        f"{config.model.name}, {config.training.rounds} rounds x {config.training.local_epochs} "
-        f"local epochs; run folder {out_dir}"
+        f"{name}: {config.task.kind} task, {len(config.data.sites)} sites, {config.model.name}, "
+        f"{config.training.rounds} rounds x {config.training.local_epochs} local epochs; run folder {out_dir}"
     )
     started = time.perf_counter()
     status, results = simulate(
-        config, config_path, out_dir,
+        config, benchmark_config, out_dir,
         on_event=ProgressPrinter(config.training.rounds),
         announce=lambda text: console.print(f"[dim]{text}[/]"),
     )
     wall = time.perf_counter() - started
+    cpus_per_site = config.simulation.cpus_per_site
+    concurrency = max(1, min(len(config.data.sites), (os.cpu_count() or 1) // cpus_per_site))
     if results is None:
         console.print(f"[bold red]federation failed[/] ({status.status}): {status.details}")
         console.print(f"Flower's log: {out_dir / 'flower.log'}")
-        return [Section("quickstart federation failed", ["measure", "value"],
-                        [["status", f"{status.status} (no results.json)"], ["wall s", f"{wall:.1f}"]], [])]
+        failed = Section(f"{name} federation failed", ["measure", "value"],
+                         [["status", f"{status.status} (no results.json)"], ["wall s", f"{wall:.1f}"]], [])
+        return FederationRun(name, str(config.task.kind), config.model.name, wall, None, None, concurrency,
+                             "", None, [failed])
 
+    metric = results["task"]["metric"]
+    key, label = metric["key"], metric["label"]
     sites = results["sites"]
     per_site = [
         [
             site, _fmt(s["train_seconds"], ".1f"), _fmt(s["eval_seconds"], ".1f"),
             _fmt(s["train_seconds"] + s["eval_seconds"], ".1f"), str(s["rounds_trained"]),
-            _fmt(s["auroc"], ".3f"), _fmt(s["epsilon"], ".2f"), _fmt(s["noise_multiplier"], ".3f"),
+            _fmt(s.get(key), ".3f"), _fmt(s["epsilon"], ".2f"), _fmt(s["noise_multiplier"], ".3f"),
         ]
         for site, s in sites.items()
     ]
     site_work = sum(s["train_seconds"] + s["eval_seconds"] for s in sites.values())
-    cpus_per_site = config.simulation.cpus_per_site
-    concurrency = max(1, min(len(sites), (os.cpu_count() or 1) // cpus_per_site))
     server_run = results["wall_seconds"]
+    pooled = results["global"].get(key)
     summary = [
         ["status", f"{status.status} / results: {results['status']}"],
         ["data folder existed before the run", "yes" if data_existed else "no (generated in this run, inside wall)"],
@@ -194,7 +222,7 @@ def benchmark_federation(out_dir: Path) -> list[Section]:
         ],
         ["wall / (site work / concurrency)", _ratio(wall, site_work / concurrency)],
         ["server run / (site work / concurrency)", _ratio(server_run, site_work / concurrency)],
-        ["pooled test AUROC", _fmt(results["global"]["auroc"], ".3f")],
+        [f"pooled test {label}", _fmt(pooled, ".3f")],
     ]
     notes = [
         "site work = each site's own timing of its train and evaluate handlers "
@@ -203,14 +231,34 @@ def benchmark_federation(out_dir: Path) -> list[Section]:
         "start, messages, aggregation). Sites run concurrently, so the serial ratio "
         "understates the overhead; the concurrency-adjusted ratio is the fairer one.",
     ]
-    return [
-        Section("quickstart federation: wall time vs site work", ["measure", "value"], summary, notes),
+    sections = [
+        Section(f"{name}: wall time vs site work", ["measure", "value"], summary, notes),
         Section(
-            "quickstart federation: per site",
-            ["site", "train s", "eval s", "site work s", "rounds", "AUROC", "epsilon", "noise"],
+            f"{name}: per site",
+            ["site", "train s", "eval s", "site work s", "rounds", label, "epsilon", "noise"],
             per_site, [],
         ),
     ]
+    return FederationRun(name, str(config.task.kind), config.model.name, wall, server_run, site_work, concurrency,
+                         label, pooled, sections)
+
+
+def federation_summary(runs: Sequence[FederationRun]) -> Section:
+    """One row per quickstart config, measured one after another in this run."""
+    rows = [
+        [
+            run.config, run.task, run.model, f"{run.wall:.1f}", _fmt(run.server_run, ".1f"), _fmt(run.site_work, ".1f"),
+            "n/a" if run.site_work is None else _ratio(run.wall, run.site_work / run.concurrency),
+            "failed" if run.server_run is None else f"{run.metric_label} {_fmt(run.pooled, '.3f')}",
+        ]
+        for run in runs
+    ]
+    return Section(
+        "every quickstart federation (local models and pooled baseline off)",
+        ["config", "task", "model", "wall s", "server run s", "site work s", "wall / (work / conc.)", "pooled test"],
+        rows,
+        ["wall includes writing the demo data when its folder did not exist (see each config's table)."],
+    )
 
 
 def _ratio(numerator: float, denominator: float) -> str:
@@ -424,9 +472,12 @@ def benchmark_throughput(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--skip-federation", action="store_true", help="skip the quickstart federation")
+    parser.add_argument("--skip-federation", action="store_true", help="skip the quickstart federations")
     parser.add_argument("--skip-throughput", action="store_true", help="skip the DP vs non-private throughput")
-    parser.add_argument("--out", type=Path, help="keep the federation's run folder here (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, help="keep each federation's run folder under here, one per config "
+                        "(default: a temporary folder)")
+    parser.add_argument("--configs", nargs="+", metavar="YAML",
+                        help="quickstart configs to run (default: every configs/quickstart*.yaml)")
     parser.add_argument("--samples", type=int, help="timed samples for every model (default: per model, "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_SAMPLES.items()) + ")")
     parser.add_argument("--model-samples", action="append", default=[], metavar="NAME=N",
@@ -452,6 +503,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _config_path(text: str) -> Path:
+    path = Path(text).resolve()
+    if not path.is_file():
+        shipped = ", ".join(p.relative_to(REPO_ROOT).as_posix() for p in quickstart_configs())
+        raise SystemExit(f"--configs: no file {text}; the quickstarts are {shipped}")
+    return path
+
+
 def samples_per_model(args: argparse.Namespace, models: Sequence[str]) -> dict[str, int]:
     samples = {name: args.samples or DEFAULT_SAMPLES.get(name, FALLBACK_SAMPLES) for name in models}
     for item in args.model_samples:
@@ -474,19 +533,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in models:  # a size a network cannot take fails here, not after minutes of measuring
         check_model_input(name, input_spec(name, image_size=args.image_size, volume_shape=tuple(args.volume_shape)))
     samples = samples_per_model(args, models)
+    configs = [_config_path(text) for text in args.configs] if args.configs else quickstart_configs()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     sections = [machine_section(device)]
     show(sections[0])
 
+    runs: list[FederationRun] = []
     if not args.skip_federation:
-        if args.out is not None:
-            sections += benchmark_federation(args.out)
-        else:
-            with tempfile.TemporaryDirectory(prefix="fedmed-bench-") as tmp:
-                sections += benchmark_federation(Path(tmp) / "run")
-        for section in sections[1:]:
-            show(section)
+        with tempfile.TemporaryDirectory(prefix="fedmed-bench-") as tmp:
+            for config_path in configs:
+                out_dir = (args.out if args.out is not None else Path(tmp)) / config_path.stem
+                runs.append(benchmark_federation(config_path, out_dir))
+                for section in runs[-1].sections:
+                    show(section)
+        summary = federation_summary(runs)
+        show(summary)
+        sections += [section for run in runs for section in run.sections] + [summary]
     if not args.skip_throughput:
         throughput = benchmark_throughput(
             models, samples, repeats=args.repeats, batch_size=args.batch_size, image_size=args.image_size,
@@ -501,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python simulations/benchmark_quickstart.py", *(argv if argv is not None else sys.argv[1:])])
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"\n_benchmark took {time.perf_counter() - started:.0f} s, load average at the end {load}: `{command}`_")
-    return 1 if any(s.title.startswith("quickstart federation failed") for s in sections) else 0
+    return 1 if any(run.server_run is None for run in runs) else 0
 
 
 if __name__ == "__main__":
