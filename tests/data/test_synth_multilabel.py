@@ -1,17 +1,27 @@
-"""Tests for fedmed.data.synth_multilabel: valid DICOM, a multi-label manifest, finding signs, the planted bias."""
+"""Tests for fedmed.data.synth_multilabel: valid DICOM, multi-label and multi-class manifests, signs, the bias."""
 
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
 
+from fedmed.config.schema import SYNTHESIS_TASKS, SynthesisConfig, TaskKind
+from fedmed.data.demo import KINDS, synthesize_demo
 from fedmed.data.dicom import read_dicom_image
 from fedmed.data.synth import BIASED_SITE, SITE_PROFILES, synthesize_hospitals
-from fedmed.data.synth_multilabel import FINDING_PREVALENCE, FINDINGS, synthesize_multilabel_hospitals
+from fedmed.data.synth_multilabel import (
+    CLASS_SHARES,
+    CLASSES,
+    FINDING_PREVALENCE,
+    FINDINGS,
+    synthesize_multiclass_hospitals,
+    synthesize_multilabel_hospitals,
+)
 from fedmed.errors import DataError, FedmedError
 
 N_IMAGES = 160
@@ -182,3 +192,162 @@ def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> No
     with pytest.raises(FedmedError, match=message):
         synthesize_multilabel_hospitals(tmp_path, **{"images_per_site": 12, "image_size": 16, **kwargs})
     assert not list(tmp_path.iterdir())  # refused before writing anything
+
+
+# --- multi-class ---------------------------------------------------------------------------
+
+N_CLASS_IMAGES = 120  # every site's shares times this are whole numbers
+
+
+@pytest.fixture(scope="module")
+def class_sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("multiclass")
+    return synthesize_multiclass_hospitals(out, n_sites=3, images_per_site=N_CLASS_IMAGES, image_size=SIZE, seed=3)
+
+
+@pytest.fixture(scope="module")
+def class_pixels(class_sites: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray, list[dict[str, str]]]]:
+    """Per site (a and b): images as the model reads them, PatientSex, manifest rows."""
+    read = {}
+    for site in class_sites[:2]:
+        rows = read_rows(site)
+        images = np.stack([read_dicom_image(site / r["file"], size=SIZE)[0] for r in rows])
+        sexes = np.array([dcmread(site / r["file"], stop_before_pixels=True).PatientSex for r in rows])
+        read[site.name] = (images, sexes, rows)
+    return read
+
+
+def test_multiclass_manifest_has_one_class_per_row(class_sites: list[Path]) -> None:
+    assert [s.name for s in class_sites] == ["site-a", "site-b", "site-c"]
+    for site in class_sites:
+        rows = read_rows(site)
+        assert list(rows[0]) == ["file", "split", "label"]
+        assert len(rows) == N_CLASS_IMAGES
+        assert {r["label"] for r in rows} == set(CLASSES)
+        assert all((site / r["file"]).is_file() and r["file"].startswith("images/") for r in rows)
+
+
+def test_multiclass_counts_are_exact_per_site(class_sites: list[Path]) -> None:
+    for site, shares in zip(class_sites, CLASS_SHARES, strict=False):
+        counts = Counter(r["label"] for r in read_rows(site))
+        assert counts == {name: round(shares[name] * N_CLASS_IMAGES) for name in CLASSES}, site.name
+    assert len({tuple(shares[c] for c in CLASSES) for shares in CLASS_SHARES[:3]}) == 3
+
+
+def test_multiclass_test_split_is_stratified_with_every_class_in_both(class_sites: list[Path]) -> None:
+    for site in class_sites:
+        rows = read_rows(site)
+        for name in CLASSES:
+            members = [r for r in rows if r["label"] == name]
+            assert sum(r["split"] == "test" for r in members) == round(0.25 * len(members)), (site.name, name)
+        assert {(r["label"], r["split"]) for r in rows} == {(c, s) for c in CLASSES for s in ("train", "test")}
+
+
+def test_multiclass_tiny_site_keeps_every_class_in_both_splits(tmp_path: Path) -> None:
+    (site,) = synthesize_multiclass_hospitals(tmp_path, n_sites=1, images_per_site=9, image_size=16)
+    rows = read_rows(site)
+    assert sorted(Counter(r["label"] for r in rows).values()) == [2, 2, 2, 3]  # rounding leaves none below 2
+    assert {(r["label"], r["split"]) for r in rows} == {(c, s) for c in CLASSES for s in ("train", "test")}
+
+
+def test_multiclass_files_read_back_as_dicom(class_sites: list[Path], sites: list[Path]) -> None:
+    for site, profile in zip(class_sites, SITE_PROFILES, strict=False):
+        for row in read_rows(site)[:5]:
+            ds = dcmread(site / row["file"])
+            assert ds.SOPInstanceUID.is_valid and row["file"] == f"images/{ds.SOPInstanceUID}.dcm"
+            assert (ds.Manufacturer, ds.PhotometricInterpretation) == (profile.manufacturer, profile.photometric)
+            assert ds.PatientSex in ("M", "F") and ds.PatientIdentityRemoved == "YES"
+            assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
+            assert read_dicom_image(site / row["file"], size=SIZE).shape == (1, SIZE, SIZE)
+    multilabel_uids = {Path(r["file"]).stem for site in sites for r in read_rows(site)}  # same seed, sizes
+    assert not multilabel_uids & {Path(r["file"]).stem for site in class_sites for r in read_rows(site)}
+
+
+def effusion_side_sign(image: np.ndarray) -> float:
+    """Fluid at the lateral base of the wetter lung (an effusion may fill one side only)."""
+    top, bottom = int(0.74 * SIZE), int(0.9 * SIZE)
+    inner, outer = int(0.2 * SIZE), int(0.34 * SIZE)
+    region = image[top:bottom]
+    return float(max(region[:, inner:outer].mean(), region[:, SIZE - outer : SIZE - inner].mean()))
+
+
+CLASS_SIGNS = {**SIGNS, "effusion": effusion_side_sign}
+
+
+def class_effect(images: np.ndarray, rows: list[dict[str, str]], finding: str, among: np.ndarray) -> float:
+    """Mean sign of ``finding`` in its class minus in ``normal``, over the cases in ``among``."""
+    sign = np.array([CLASS_SIGNS[finding](image) for image in images])
+    labels = np.array([r["label"] for r in rows])
+    return float(sign[(labels == finding) & among].mean() - sign[(labels == "normal") & among].mean())
+
+
+@pytest.mark.parametrize("finding", FINDINGS)
+def test_each_class_shows_its_finding(class_pixels, finding: str) -> None:  # noqa: ANN001
+    images, _, rows = class_pixels["site-a"]
+    assert class_effect(images, rows, finding, np.ones(len(rows), dtype=bool)) > 0.04
+
+
+def test_multiclass_effusion_is_fainter_for_women_at_the_biased_site(class_pixels) -> None:  # noqa: ANN001
+    effects = {
+        name: {sex: class_effect(images, rows, "effusion", sexes == sex) for sex in ("F", "M")}
+        for name, (images, sexes, rows) in class_pixels.items()
+    }
+    biased, unbiased = effects[BIASED_SITE], effects["site-a"]
+    assert biased["F"] < 0.5 * biased["M"] and biased["M"] - biased["F"] > 0.03
+    assert unbiased["F"] > 0.6 * unbiased["M"]
+
+
+def test_classes_choose_which_are_drawn(tmp_path: Path) -> None:
+    (site,) = synthesize_multiclass_hospitals(
+        tmp_path, n_sites=1, images_per_site=20, image_size=16, classes=("effusion", "normal")
+    )
+    assert Counter(r["label"] for r in read_rows(site)) == {"normal": 12, "effusion": 8}  # 0.40 : 0.25
+
+
+def test_multiclass_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
+    first = synthesize_multiclass_hospitals(tmp_path / "a", n_sites=2, images_per_site=16, image_size=16, seed=5)
+    second = synthesize_multiclass_hospitals(tmp_path / "b", n_sites=2, images_per_site=16, image_size=16, seed=5)
+    for one, two in zip(first, second, strict=True):
+        assert (one / "labels.csv").read_bytes() == (two / "labels.csv").read_bytes()
+        for row in read_rows(one)[:4]:
+            assert (one / row["file"]).read_bytes() == (two / row["file"]).read_bytes()
+    other = synthesize_multiclass_hospitals(tmp_path / "c", n_sites=1, images_per_site=16, image_size=16, seed=6)
+    assert (other[0] / "labels.csv").read_bytes() != (first[0] / "labels.csv").read_bytes()
+
+
+def test_multiclass_refuses_non_empty_folder_unless_overwrite(tmp_path: Path) -> None:
+    synthesize_multiclass_hospitals(tmp_path, n_sites=1, images_per_site=12, image_size=16)
+    with pytest.raises(DataError, match="site-a already has files.*overwrite=True"):
+        synthesize_multiclass_hospitals(tmp_path, n_sites=1, images_per_site=12, image_size=16)
+    (site,) = synthesize_multiclass_hospitals(tmp_path, n_sites=1, images_per_site=14, image_size=16, overwrite=True)
+    assert len(list((site / "images").glob("*.dcm"))) == 14
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"classes": ("normal", "efusion")}, r"unknown class 'efusion' \(did you mean 'effusion'\?\); classes the"),
+        ({"classes": ("normal", "fracture")}, r"unknown class 'fracture'; classes the synthesizer draws: normal, nod"),
+        ({"classes": ("normal", "nodule", "normal")}, "must name each class once; repeated: normal"),
+        ({"classes": ("normal",)}, "at least 2 classes"),
+        ({"classes": ()}, "at least 2 classes"),
+        ({"classes": "normal"}, r"not the string 'normal'"),
+        ({"images_per_site": 7}, r"images_per_site must be at least 8 .* each of 4 classes"),
+        ({"n_sites": 0}, "n_sites"),
+        ({"image_size": 8}, "image_size must be at least 16"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+    ],
+    ids=["misspelt", "unknown", "duplicate", "one", "empty", "string", "too-few-images", "n-sites", "size", "fraction"],
+)
+def test_multiclass_rejects_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(FedmedError, match=message):
+        synthesize_multiclass_hospitals(tmp_path, **{"images_per_site": 12, "image_size": 16, **kwargs})
+    assert not list(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_demo_kind_multiclass_writes_the_task_classes(tmp_path: Path) -> None:
+    assert "multiclass" in KINDS and SYNTHESIS_TASKS["multiclass"] is TaskKind.MULTICLASS
+    settings = SynthesisConfig(kind="multiclass", images_per_site=20, stored_size=32, seed=1)
+    sites = synthesize_demo(tmp_path, settings, n_sites=2, names=("normal", "cardiomegaly"))
+    assert [s.name for s in sites] == ["site-a", "site-b"]
+    assert {r["label"] for r in read_rows(sites[1])} == {"normal", "cardiomegaly"}
