@@ -136,8 +136,12 @@ class SuperNode:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self, *, settle: float = 5.0, retry_for: float = 0.0) -> None:
-        """Start the node; fail with the reason if it exits within ``settle`` seconds.
+    def start(self, *, settle: float = 60.0, retry_for: float = 0.0) -> None:
+        """Start the node; fail with the reason if the SuperLink refuses it.
+
+        Started means the SuperLink accepted the node (Flower logs its node id), or that the
+        node is still trying after ``settle`` seconds (a SuperLink not up yet). A fixed short
+        wait was not enough: on a busy machine a refused node had not yet heard its refusal.
 
         A SuperLink refuses a key for about a minute after its node vanished (it waits for
         the heartbeat to lapse), so a restarted node may retry for ``retry_for`` seconds.
@@ -164,6 +168,8 @@ class SuperNode:
         )
         deadline = time.monotonic() + settle
         while time.monotonic() < deadline and node.running:
+            if _joined(self.log_path, offset=node.log_offset):
+                return None
             time.sleep(0.2)
         if node.running:
             return None
@@ -228,6 +234,19 @@ class SuperNode:
 REFUSED_KEY = "does not know this site's key"
 TASK_POLL_SECONDS = 0.1
 """How often the node's SuperExec looks for a message to start a ClientApp for."""
+
+
+JOINED = "SuperNode ID:"
+"""What Flower's SuperNode logs once the SuperLink has accepted it (activated its node id)."""
+
+
+def _joined(log_path: Path, *, offset: int) -> bool:
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            return JOINED.encode() in log.read()
+    except FileNotFoundError:
+        return False
 
 
 def connection_failure(log_path: Path, *, offset: int = 0) -> str:
