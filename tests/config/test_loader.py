@@ -335,6 +335,16 @@ def test_the_3d_quickstart_loads_as_volumes() -> None:
     assert config.data.synthesize is not None and config.data.synthesize.kind == "ct-series"
 
 
+def test_the_3d_segmentation_quickstart_loads_as_seg_volumes() -> None:
+    config = load_config(REPO / "configs" / "quickstart-segmentation-3d.yaml")
+    assert config.task.kind == "segmentation" and config.task.structures == ("lesion",)
+    assert config.data.sample == "series" and config.data.spatial_shape == (16, 32, 32)
+    assert config.model.name == "unet_3d" and config.privacy.target_epsilon == 8.0
+    assert config.data.synthesize is not None and config.data.synthesize.kind == "ct-segmentation"
+    assert config.privacy.delta < 1 / config.data.synthesize.images_per_site  # so below 1/N at every site
+    assert config.data.root == (REPO / "data" / "quickstart-segmentation-3d").resolve()
+
+
 @pytest.mark.parametrize(
     ("data", "model", "pattern"),
     [
