@@ -107,7 +107,8 @@ def train_private(
     """Train ``model`` in place for ``epochs`` with DP-SGD, Poisson sampling.
 
     ``loss(logits, targets)`` is the task's (fedmed.tasks), a mean over the batch as
-    Opacus' ``loss_reduction="mean"`` assumes; it must accept an empty Poisson batch.
+    Opacus' ``loss_reduction="mean"`` assumes. An empty Poisson batch skips the model
+    and the loss: its step is noise alone, as DP-SGD's accounting has it.
 
     The accountant starts from ``history`` (the site's earlier spend), so the epsilon
     returned is cumulative. FedProx's proximal term mu/2 * ||w - w_global||^2 does not
@@ -138,14 +139,16 @@ def train_private(
             for images, targets in loader:
                 optimizer.zero_grad(set_to_none=True)
                 images, targets = images.to(device), targets.to(device)
-                batch_loss = loss(private_model(images), targets)
-                batch_loss.backward()
+                if len(targets):
+                    batch_loss = loss(private_model(images), targets)
+                    batch_loss.backward()
+                    total_loss += float(batch_loss.detach())
+                    batches += 1
+                else:
+                    _no_sample_gradients(optimizer)
                 optimizer.step()
                 if proximal_mu:
                     _apply_proximal_step(model, global_weights, learning_rate * proximal_mu)
-                if len(targets):
-                    total_loss += float(batch_loss.detach())
-                    batches += 1
     new_history = history_of(accountant)
     private_model.to_standard_module()  # drop hooks and grad samples; ``model`` is trained
     return TrainOutcome(
@@ -154,6 +157,17 @@ def train_private(
         history=new_history,
         epsilon=epsilon_of(new_history, delta=plan.delta, accountant=plan.accountant),
     )
+
+
+def _no_sample_gradients(optimizer: DPOptimizer) -> None:
+    """An empty Poisson batch's per-sample gradients: none, so the step adds noise to a zero sum.
+
+    Set directly rather than by a backward pass: Opacus' functorch fallback (the U-Nets'
+    ConvTranspose) cannot vmap over zero samples ("expected groups to be greater than 0").
+    The step still counts, as the accountant assumes.
+    """
+    for p in optimizer.params:
+        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
 
 
 @torch.no_grad()

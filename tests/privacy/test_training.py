@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -157,3 +158,30 @@ def test_learns_the_bright_square_with_little_noise(dataset: TensorDataset) -> N
         predicted = (model(images).squeeze(1) > 0).float()
     assert (predicted == labels).float().mean() >= 0.9
     assert outcome.loss < 0.69  # below chance-level BCE of ln 2
+
+
+class NoRecords(SeededRandomness):
+    """Every Poisson batch is empty (each record's draw fails); the noise is seeded."""
+
+    def poisson_mask(self, n: int, rate: float) -> np.ndarray:
+        return np.zeros(n, dtype=bool)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("unet", (16, 16)), ("unet_3d", (8, 8, 8)), ("small_cnn", (16, 16))])
+def test_an_empty_poisson_batch_is_a_noise_only_step(name: str, shape: tuple[int, ...]) -> None:
+    # the U-Nets' ConvTranspose has no Opacus sampler; its functorch fallback cannot vmap over
+    # zero samples ("expected groups to be greater than 0"), which stopped small sites' training
+    series = len(shape) == 3
+    spec = InputConfig(sample="series", volume={"shape": shape}) if series else InputConfig(image_size=shape[0])
+    task = create_task(TaskConfig(kind="segmentation", structures=["lesion"]) if name != "small_cnn" else TaskConfig())
+    torch.manual_seed(0)
+    model = create_model(name, spec=spec, outputs=task.outputs)
+    images = torch.rand(N_TRAIN, 1, *shape)
+    targets = torch.zeros((N_TRAIN, *shape), dtype=torch.int64) if name != "small_cnn" else torch.zeros(N_TRAIN)
+    before = {k: v.clone() for k, v in float_state(model).items()}
+    outcome = train_private(
+        model, TensorDataset(images, targets), make_plan(), loss=task.loss, history=[], epochs=1,
+        learning_rate=0.1, randomness=NoRecords(0), device=CPU,
+    )
+    assert outcome.steps == N_TRAIN // BATCH and outcome.epsilon > 0  # each empty step counted
+    assert distance(before, float_state(model)) > 0  # and moved by its noise
