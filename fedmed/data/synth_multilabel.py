@@ -138,21 +138,11 @@ def synthesize_multilabel_hospitals(
         DataError: a site folder already holds files and `overwrite` is False.
     """
     labels = _check_labels(labels)
-    site_names(n_sites)
-    minimum = 4 * len(labels)
-    if images_per_site < minimum:
-        raise FedmedError(
-            f"images_per_site must be at least {minimum} (a positive and a negative of each of {len(labels)} "
-            f"labels in train and test), got {images_per_site}"
-        )
-    if image_size < 16:
-        raise FedmedError(f"image_size must be at least 16 pixels, got {image_size}")
-    if not 0.0 < test_fraction < 1.0:
-        raise FedmedError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
-    root = Path(root)
-    site_dirs = [root / name for name in site_names(n_sites)]
-    for site_dir in site_dirs:  # refuse before writing anything
-        check_site_dir(site_dir, overwrite=overwrite)
+    site_dirs = _site_dirs(
+        root, n_sites=n_sites, images_per_site=images_per_site, minimum=4 * len(labels),
+        why=f"a positive and a negative of each of {len(labels)} labels in train and test",
+        image_size=image_size, test_fraction=test_fraction, overwrite=overwrite,
+    )
     with pydicom_config.disable_value_validation():  # valid by construction; halves the time
         for index, site_dir in enumerate(site_dirs):
             _clear_site_dir(site_dir)
@@ -195,21 +185,11 @@ def synthesize_multiclass_hospitals(
         DataError: a site folder already holds files and `overwrite` is False.
     """
     classes = _check_classes(classes)
-    site_names(n_sites)
-    minimum = 2 * len(classes)
-    if images_per_site < minimum:
-        raise FedmedError(
-            f"images_per_site must be at least {minimum} (one image of each of {len(classes)} classes in train "
-            f"and test), got {images_per_site}"
-        )
-    if image_size < 16:
-        raise FedmedError(f"image_size must be at least 16 pixels, got {image_size}")
-    if not 0.0 < test_fraction < 1.0:
-        raise FedmedError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
-    root = Path(root)
-    site_dirs = [root / name for name in site_names(n_sites)]
-    for site_dir in site_dirs:  # refuse before writing anything
-        check_site_dir(site_dir, overwrite=overwrite)
+    site_dirs = _site_dirs(
+        root, n_sites=n_sites, images_per_site=images_per_site, minimum=2 * len(classes),
+        why=f"one image of each of {len(classes)} classes in train and test",
+        image_size=image_size, test_fraction=test_fraction, overwrite=overwrite,
+    )
     with pydicom_config.disable_value_validation():  # valid by construction; halves the time
         for index, site_dir in enumerate(site_dirs):
             _clear_site_dir(site_dir)
@@ -241,6 +221,24 @@ def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     if not labels or len(set(labels)) != len(labels):
         raise FedmedError(f"labels must name each finding once, at least one; got {labels}")
     return labels
+
+
+def _site_dirs(
+    root: Path, *, n_sites: int, images_per_site: int, minimum: int, why: str, image_size: int,
+    test_fraction: float, overwrite: bool,
+) -> list[Path]:
+    """The site folders to write, once every argument and every folder has been checked."""
+    site_names(n_sites)
+    if images_per_site < minimum:
+        raise FedmedError(f"images_per_site must be at least {minimum} ({why}), got {images_per_site}")
+    if image_size < 16:
+        raise FedmedError(f"image_size must be at least 16 pixels, got {image_size}")
+    if not 0.0 < test_fraction < 1.0:
+        raise FedmedError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    site_dirs = [Path(root) / name for name in site_names(n_sites)]
+    for site_dir in site_dirs:  # refuse before writing anything
+        check_site_dir(site_dir, overwrite=overwrite)
+    return site_dirs
 
 
 def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
