@@ -8,19 +8,16 @@ cross-site and subgroup evaluation as in 2-D.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from pydicom import dcmread
 
 from fedmed.config import InputConfig
 from fedmed.data import synthesize_ct_hospitals
 from fedmed.models import create_model, load_float_state
+from tests.federation.tiny_federation import simulate
 
 SITES = ["site-a", "site-b", "site-c"]
 SHAPE = [8, 16, 16]
@@ -34,13 +31,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     gap = root / "site-a" / "studies" / "0000"
     by_position = sorted(gap.glob("*.dcm"), key=lambda p: float(dcmread(p).ImagePositionPatient[2]))
     by_position[3].unlink()  # a missing slice: this series is skipped by name, the rest is used
-    policy = folder / "site-policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "max_epsilon": 30.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
-        "allowed_models": ["small_cnn_3d"], "min_cell_size": 5,
-    }))
-    config = folder / "experiment.yaml"
-    config.write_text(yaml.safe_dump({
+    done, out = simulate(folder, {
         "name": "tiny-3d",
         "data": {"root": str(root), "sites": SITES, "sample": "series",
                  "volume": {"shape": SHAPE, "window": [-600, 1500]}},
@@ -48,15 +39,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         "training": {"rounds": 2, "local_epochs": 2, "batch_size": 16, "learning_rate": 0.5, "momentum": 0.5},
         "privacy": {"target_epsilon": 20.0, "delta": 1e-3, "max_grad_norm": 1.0},
         "evaluation": {"bootstrap_samples": 200},
-        "simulation": {"site_policy": str(policy), "state_root": str(folder / "hospital-state")},
-    }))
-    out = folder / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "fedmed", "simulate", str(config), "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "XDG_CACHE_HOME": str(folder / "cache")},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
+    }, policy={
+        "max_epsilon": 30.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
+        "allowed_models": ["small_cnn_3d"], "min_cell_size": 5,
+    }, timeout=600)
     return json.loads((out / "results.json").read_text()), out
 
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import yaml
 
 from fedmed.data.synth_multilabel import synthesize_multiclass_hospitals
+from tests.federation.tiny_federation import simulate
 
 SITES = ["site-a", "site-b", "site-c"]
 CLASSES = ["normal", "nodule", "effusion", "cardiomegaly"]
@@ -36,13 +33,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    policy = folder / "site-policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "max_epsilon": 40.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
-        "allowed_models": ["small_cnn"], "min_cell_size": 5,
-    }))
-    config = folder / "experiment.yaml"
-    config.write_text(yaml.safe_dump({
+    done, out = simulate(folder, {
         "name": "tiny-multiclass",
         "task": {"kind": "multiclass", "classes": CLASSES},
         "data": {"root": str(root), "sites": SITES, "image_size": 32},
@@ -50,15 +41,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, str]:
         "training": {"rounds": 2, "local_epochs": 2, "batch_size": 16, "learning_rate": 0.5, "momentum": 0.5},
         "privacy": {"target_epsilon": 20.0, "delta": 1e-3, "max_grad_norm": 1.0},
         "evaluation": {"bootstrap_samples": 200},
-        "simulation": {"site_policy": str(policy), "state_root": str(folder / "hospital-state")},
-    }))
-    out = folder / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "fedmed", "simulate", str(config), "--out", str(out)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "XDG_CACHE_HOME": str(folder / "cache")},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
+    }, policy={
+        "max_epsilon": 40.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
+        "allowed_models": ["small_cnn"], "min_cell_size": 5,
+    })
     node_log = (folder / "hospital-state" / "site-b" / "node.log").read_text()
     return json.loads((out / "results.json").read_text()), done.stdout + done.stderr, node_log
 

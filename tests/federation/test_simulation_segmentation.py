@@ -13,16 +13,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from fedmed.config import InputConfig, TaskConfig
 from fedmed.data.synth_seg import synthesize_segmentation_hospitals
 from fedmed.models import create_model, load_float_state
+from tests.federation.tiny_federation import simulate
 
 SITES = ["site-a", "site-b", "site-c"]
 SIZE = 32
@@ -36,13 +35,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     manifest = (root / "site-a" / "labels.csv").read_text().splitlines()
     first, second = manifest[1].split(","), manifest[2].split(",")
     shutil.copy(root / "site-a" / second[1], root / "site-a" / first[1])  # the SEG of another image
-    policy = folder / "site-policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "max_epsilon": 40.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
-        "allowed_models": ["unet"], "min_cell_size": 5, "share_local_model": True,
-    }))
-    config = folder / "experiment.yaml"
-    config.write_text(yaml.safe_dump({
+    done, out = simulate(folder, {
         "name": "tiny-segmentation",
         "task": {"kind": "segmentation", "structures": ["lesion"]},
         "data": {"root": str(root), "sites": SITES, "image_size": SIZE},
@@ -50,15 +43,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
         "training": {"rounds": 2, "local_epochs": 2, "batch_size": 16, "learning_rate": 1.0, "momentum": 0.5},
         "privacy": {"target_epsilon": 20.0, "delta": 1e-3, "max_grad_norm": 1.0},
         "evaluation": {"bootstrap_samples": 200, "local_models": True, "pooled_baseline": True},
-        "simulation": {"site_policy": str(policy), "state_root": str(folder / "hospital-state")},
-    }))
-    out = folder / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "fedmed", "simulate", str(config), "--out", str(out)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "XDG_CACHE_HOME": str(folder / "cache")},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
+    }, policy={
+        "max_epsilon": 40.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
+        "allowed_models": ["unet"], "min_cell_size": 5, "share_local_model": True,
+    })
     assert "pooled test Dice over all sites" in done.stdout
     return json.loads((out / "results.json").read_text()), out
 

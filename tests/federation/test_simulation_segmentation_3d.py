@@ -10,15 +10,11 @@ configs/quickstart-segmentation-3d.yaml, then cross-site and subgroup evaluation
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from pydicom import dcmread
 from pydicom.uid import SegmentationStorage
 
@@ -27,6 +23,7 @@ from fedmed.data.masks import read_mask_volume
 from fedmed.data.series import group_series
 from fedmed.data.synth_seg import synthesize_ct_segmentation_hospitals
 from fedmed.models import create_model, load_float_state
+from tests.federation.tiny_federation import simulate
 
 SITES = ["site-a", "site-b", "site-c"]
 STUDIES = 48
@@ -40,13 +37,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
     synthesize_ct_segmentation_hospitals(root, n_sites=3, studies_per_site=STUDIES, slices=8, image_size=32, seed=1)
     masks = root / "site-a" / "masks"
     shutil.copy(masks / "0001.dcm", masks / "0000.dcm")  # the SEG of another patient's series
-    policy = folder / "site-policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "max_epsilon": 40.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
-        "allowed_models": ["unet_3d"], "min_cell_size": 5,
-    }))
-    config = folder / "experiment.yaml"
-    config.write_text(yaml.safe_dump({
+    done, out = simulate(folder, {
         "name": "tiny-segmentation-3d",
         "task": {"kind": "segmentation", "structures": ["lesion"]},
         "data": {"root": str(root), "sites": SITES, "sample": "series",
@@ -55,15 +46,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
         "training": {"rounds": 2, "local_epochs": 5, "batch_size": 8, "learning_rate": 10.0, "momentum": 0.5},
         "privacy": {"target_epsilon": 30.0, "delta": 1e-3, "max_grad_norm": 0.1},
         "evaluation": {"bootstrap_samples": 200},
-        "simulation": {"site_policy": str(policy), "state_root": str(folder / "hospital-state")},
-    }))
-    out = folder / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "fedmed", "simulate", str(config), "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "XDG_CACHE_HOME": str(folder / "cache")},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Traceback" not in done.stderr
+    }, policy={
+        "max_epsilon": 40.0, "delta": 1e-3, "max_grad_norm": 1.0, "min_noise_multiplier": 0.3,
+        "allowed_models": ["unet_3d"], "min_cell_size": 5,
+    }, timeout=600)
     assert "pooled test Dice over all sites" in done.stdout
     return json.loads((out / "results.json").read_text()), out, root
 
