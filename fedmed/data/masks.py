@@ -318,8 +318,8 @@ def _read_seg(path: Path, target: _Target, structures: tuple[str, ...], diagnost
             f"(0008,0016) SOP Class UID is {kind}; the mask column must name a DICOM SEG "
             f"(Segmentation Storage {SEGMENTATION_STORAGE}) or a NIfTI file (.nii, .nii.gz)",
         )
+    _check_seg_series(path, ds, target)  # first: a SEG of another series differs in everything else too
     _check_seg_geometry(path, ds, target)
-    _check_seg_series(path, ds, target)
     segments = _segment_values(path, ds, structures)
     frames = _integer(ds, "NumberOfFrames") or 0
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) or frames < 1:
